@@ -1,0 +1,23 @@
+# One command from a fresh clone: `make test` creates .venv, installs duatm with its dev extra, lints and runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv test lint demo clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+
+venv: $(BIN)/activate
+	$(BIN)/pip install -e ".[dev]"
+
+test: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/pytest
+
+demo: venv
+	$(BIN)/duatm demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

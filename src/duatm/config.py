@@ -1,0 +1,289 @@
+"""The run configuration: one typed schema, YAML files that inherit through `base:`, dotted overrides.
+
+Why: a run is described by one object that is checked once, before any work starts, with errors
+that name the key (and the file it came from); checkpoints and run folders keep it as plain
+containers so a run can be reproduced or resumed from what it wrote.
+
+    cfg = load_config("configs/market1501.yaml", ["optim.lr=0.001", "model.pretrained=null"])
+
+Epochs are counted from 0. The backbone is frozen while `epoch < schedule.freeze_backbone_epochs`;
+the learning rate is `optim.lr * schedule.lr_decay_factor` once `epoch >= schedule.lr_decay_epoch`.
+The defaults are the paper's image recipe (DESIGN.md §1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from duatm.atomic import atomic_write_text
+
+# The matcher variants of paper Table 2 (DESIGN.md §1); `duatm.models.matching` accepts the same.
+MATCHER_MODES = ("dual", "intra", "inter", "avgpool")
+# The YAML key that names the file a config inherits from (relative to the file that names it).
+BASE_KEY = "base"
+_DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used: unknown key, wrong type or value, unreadable file."""
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "densenet121"  # CNN trunk: "densenet121", "resnet50" or "densenet_tiny"
+    pretrained: str | None = "imagenet"  # "imagenet", a path to trunk weights, or null (random)
+    dim: int = 256  # D: length of each sequence element after the FC layer (paper: 256)
+    mode: str = "dual"  # matcher variant, one of MATCHER_MODES (paper Table 2)
+    drop_last_pool: bool = (
+        False  # keep a larger last feature map (longer sequences) for small images
+    )
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "market1501"  # dataset parser: "market1501", "dukemtmcreid", "imagefolder"
+    root: str = "data/market1501"  # folder holding the dataset's split folders
+    height: int = 256  # input image height in pixels
+    width: int = 128  # input image width in pixels
+    num_identities: int = 10  # P: identities per training batch
+    num_instances: int = 4  # V: images per identity in a training batch (batch = P * V)
+    num_workers: int = 4  # DataLoader worker processes (0 = load in the main process)
+    pad: int = 10  # random-crop padding in pixels (training augmentation)
+    flip_prob: float = 0.5  # probability of a horizontal flip (training augmentation)
+    random_erasing: float = 0.0  # probability of random erasing (0 = off, as in the paper)
+    test_batch_size: int = 64  # images per batch when extracting query/gallery sequences
+    skip_broken_images: bool = False  # drop unreadable images with a warning instead of failing
+
+
+@dataclass
+class LossConfig:
+    margin: float = 0.2  # gamma: batch-hard triplet margin on the matching distance
+    lambda1: float = 0.1  # weight of the de-correlation loss l1
+    lambda2: float = 0.5  # weight of the random-pooling cross-entropy l2
+    drop_prob: float = 0.2  # p: probability of zeroing each random pooling weight in l2
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.01  # SGD base learning rate
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # L2 penalty (not stated in the paper; a common re-id choice)
+    nesterov: bool = False  # Nesterov momentum (needs momentum > 0)
+
+
+@dataclass
+class ScheduleConfig:
+    epochs: int = 300  # total training epochs
+    freeze_backbone_epochs: int = 100  # epochs at the start that train everything but the backbone
+    lr_decay_epoch: int = 250  # first epoch at the decayed rate (= epochs: never decay)
+    lr_decay_factor: float = 0.1  # lr multiplier from lr_decay_epoch on (0.01 -> 0.001)
+    iters_per_epoch: int | None = None  # batches per epoch; null = one pass of the identity sampler
+
+
+@dataclass
+class EvalConfig:
+    every: int = 10  # evaluate every this many epochs (0 = only after the last epoch)
+    flip: bool = False  # test-time augmentation: average sequences of the image and its mirror
+    max_rank: int = 50  # length of the CMC curve
+    keep_same_camera: bool = False  # keep same-id same-camera gallery items (off in the protocol)
+    tile_mb: int = 256  # memory bound, in MiB, for one tile of the query x gallery matching
+
+
+@dataclass
+class DuATMConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out_dir: str = "runs/default"  # run folder: config, checkpoints, metrics
+    seed: int = 0  # seeds python, numpy and torch (and the identity sampler)
+    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:N" or "mps"
+    amp: bool = True  # mixed precision on CUDA; ignored on other devices
+    log_every: int = 20  # training iterations between metric records
+    deterministic: bool = False  # deterministic algorithms (slower), for bit-wise reproducibility
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DuATMConfig:
+    """Build a checked config: schema defaults <- YAML file (and its `base:` chain) <- overrides.
+
+    `overrides` are "dotted.key=value" strings; values are parsed as YAML ("null", "true", "1e-3").
+    Raises ConfigError naming the key, and the file or override it came from.
+    """
+    layers: list[tuple[str, DictConfig]] = []
+    if path is not None:
+        layers.extend(_read_chain(Path(path), ()))
+    layers.extend((f"override {item!r}", _parse_override(item)) for item in overrides)
+    return _build(layers)
+
+
+def config_to_dict(cfg: DuATMConfig) -> dict[str, Any]:
+    """The config as plain nested dicts (for checkpoints, JSON and YAML)."""
+    if not isinstance(cfg, DuATMConfig):
+        raise TypeError(f"expected a DuATMConfig, got {type(cfg).__name__}")
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "config dict") -> DuATMConfig:
+    """Rebuild a checked config from `config_to_dict` output (missing keys take the defaults)."""
+    return _build([(source, OmegaConf.create(dict(data)))])
+
+
+def save_config(cfg: DuATMConfig, path: str | Path) -> None:
+    """Write the config as YAML, atomically; `load_config(path)` gives it back."""
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def validate_config(cfg: DuATMConfig) -> None:
+    """Check value ranges and choices that types cannot express; raise ConfigError naming the key."""
+    m, d, lo, o, s, e = cfg.model, cfg.data, cfg.loss, cfg.optim, cfg.schedule, cfg.eval
+    _check("model.backbone", m.backbone, bool(m.backbone), "a backbone name")
+    _check("model.pretrained", m.pretrained, m.pretrained != "", '"imagenet", a path or null')
+    _check("model.dim", m.dim, m.dim >= 1, "a positive integer")
+    _check("model.mode", m.mode, m.mode in MATCHER_MODES, f"one of {', '.join(MATCHER_MODES)}")
+    _check("data.dataset", d.dataset, bool(d.dataset), "a dataset name")
+    _check("data.root", d.root, bool(d.root), "a folder path")
+    _check("data.height", d.height, d.height >= 1, "a positive integer")
+    _check("data.width", d.width, d.width >= 1, "a positive integer")
+    # Batch-hard mining needs a negative (P >= 2) and a positive (V >= 2) for every anchor.
+    _check("data.num_identities", d.num_identities, d.num_identities >= 2, "an integer >= 2")
+    _check("data.num_instances", d.num_instances, d.num_instances >= 2, "an integer >= 2")
+    _check("data.num_workers", d.num_workers, d.num_workers >= 0, "an integer >= 0")
+    _check("data.pad", d.pad, d.pad >= 0, "an integer >= 0")
+    _check("data.flip_prob", d.flip_prob, 0.0 <= d.flip_prob <= 1.0, "a probability in [0, 1]")
+    _check("data.random_erasing", d.random_erasing, 0.0 <= d.random_erasing <= 1.0, "in [0, 1]")
+    _check("data.test_batch_size", d.test_batch_size, d.test_batch_size >= 1, "a positive integer")
+    _check("loss.margin", lo.margin, lo.margin >= 0.0, "a number >= 0")
+    _check("loss.lambda1", lo.lambda1, lo.lambda1 >= 0.0, "a number >= 0")
+    _check("loss.lambda2", lo.lambda2, lo.lambda2 >= 0.0, "a number >= 0")
+    _check("loss.drop_prob", lo.drop_prob, 0.0 <= lo.drop_prob <= 1.0, "a probability in [0, 1]")
+    _check("optim.lr", o.lr, o.lr > 0.0, "a number > 0")
+    _check("optim.momentum", o.momentum, 0.0 <= o.momentum < 1.0, "a number in [0, 1)")
+    _check("optim.weight_decay", o.weight_decay, o.weight_decay >= 0.0, "a number >= 0")
+    _check("optim.nesterov", o.nesterov, not o.nesterov or o.momentum > 0, "false when momentum=0")
+    _check("schedule.epochs", s.epochs, s.epochs >= 1, "a positive integer")
+    _check(
+        "schedule.freeze_backbone_epochs",
+        s.freeze_backbone_epochs,
+        0 <= s.freeze_backbone_epochs <= s.epochs,
+        f"an integer in [0, schedule.epochs={s.epochs}]",
+    )
+    _check(
+        "schedule.lr_decay_epoch",
+        s.lr_decay_epoch,
+        0 <= s.lr_decay_epoch <= s.epochs,
+        f"an integer in [0, schedule.epochs={s.epochs}]",
+    )
+    _check("schedule.lr_decay_factor", s.lr_decay_factor, 0 < s.lr_decay_factor <= 1, "in (0, 1]")
+    _check(
+        "schedule.iters_per_epoch",
+        s.iters_per_epoch,
+        s.iters_per_epoch is None or s.iters_per_epoch >= 1,
+        "a positive integer or null",
+    )
+    _check("eval.every", e.every, e.every >= 0, "an integer >= 0")
+    _check("eval.max_rank", e.max_rank, e.max_rank >= 1, "a positive integer")
+    _check("eval.tile_mb", e.tile_mb, e.tile_mb >= 1, "a positive integer")
+    _check("out_dir", cfg.out_dir, bool(cfg.out_dir), "a folder path")
+    _check("seed", cfg.seed, 0 <= cfg.seed < 2**32, "an integer in [0, 2**32)")
+    _check(
+        "device",
+        cfg.device,
+        _DEVICE_PATTERN.fullmatch(cfg.device) is not None,
+        '"auto", "cpu", "cuda", "cuda:N" or "mps"',
+    )
+    _check("log_every", cfg.log_every, cfg.log_every >= 1, "a positive integer")
+
+
+def _check(key: str, value: object, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
+
+
+def _read_chain(path: Path, stack: tuple[Path, ...]) -> list[tuple[str, DictConfig]]:
+    """The YAML file and the files it inherits from, most basic first."""
+    resolved = path.resolve()
+    if resolved in stack:
+        cycle = " -> ".join(str(p) for p in (*stack, resolved))
+        raise ConfigError(f"config inheritance cycle: {cycle}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        node = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    layers: list[tuple[str, DictConfig]] = []
+    if BASE_KEY in node:
+        base = node.pop(BASE_KEY)
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{path}: {BASE_KEY} must name a YAML file, got {base!r}")
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: {BASE_KEY} file not found: {base_path}")
+        layers.extend(_read_chain(base_path, (*stack, resolved)))
+    layers.append((str(path), node))
+    return layers
+
+
+def _parse_override(item: str) -> DictConfig:
+    key, sep, _ = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} must look like key=value, e.g. optim.lr=0.001")
+    try:
+        return OmegaConf.from_dotlist([item])
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"override {item!r}: {_first_line(err)}") from err
+
+
+def _build(layers: Sequence[tuple[str, DictConfig]]) -> DuATMConfig:
+    merged = OmegaConf.structured(DuATMConfig)
+    for source, node in layers:
+        _check_sections(merged, OmegaConf.to_container(node, resolve=False), "", source)
+        try:
+            merged = OmegaConf.merge(merged, node)
+        except OmegaConfBaseException as err:
+            raise _wrap(err, source) from err
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise _wrap(err, "config") from err
+    validate_config(cfg)
+    return cast(DuATMConfig, cfg)
+
+
+def _check_sections(schema: DictConfig, node: Any, prefix: str, source: str) -> None:
+    """Name the key when a section (model, data, ...) is given a plain value instead of a mapping."""
+    for key, value in node.items():
+        section = schema.get(key) if key in schema else None
+        if not isinstance(section, DictConfig):
+            continue
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: {prefix}{key} must be a mapping of keys, got {value!r}")
+        _check_sections(section, value, f"{prefix}{key}.", source)
+
+
+def _wrap(err: OmegaConfBaseException, source: str) -> ConfigError:
+    key = getattr(err, "full_key", None)
+    message = _first_line(err)
+    if isinstance(err, ConfigKeyError) and key:
+        hint = message.partition("Did you mean: ")[2]
+        suffix = f" (did you mean {hint.rstrip('?')}?)" if hint else ""
+        return ConfigError(f"{source}: unknown key {key!r}{suffix}")
+    return ConfigError(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+
+
+def _first_line(err: Exception) -> str:
+    text = getattr(err, "msg", None) or str(err)
+    return str(text).splitlines()[0]

@@ -1,0 +1,220 @@
+"""Checkpoints that are written atomically and read back safely (`torch.load(weights_only=True)`).
+
+Why: a crash mid-save must never destroy the last good checkpoint, and loading a file must never
+run code from it. So a state is checked before it is written (only tensors, numbers, strings and
+containers of them), which guarantees the weights-only loader will accept it on resume.
+
+A checkpoint is a dict chosen by the trainer, e.g. {"model": ..., "optimizer": ..., "epoch": 7,
+"config": config_to_dict(cfg), "rng": capture_rng_state(), "sampler": sampler.state_dict()}.
+A run folder holds `last.pt` (written every epoch, resumed from) and `best.pt`.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import random
+import re
+import zipfile
+from collections import Counter, OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from duatm.atomic import atomic_open
+
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+
+_LOG = logging.getLogger(__name__)
+# Leaf types the weights-only unpickler rebuilds (torch._weights_only_unpickler allow-list).
+_PLAIN_LEAVES = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    torch.Tensor,
+    nn.Parameter,
+    torch.Size,
+    torch.dtype,
+    torch.device,
+)
+_PLAIN_SEQUENCES = (list, tuple, set)
+_PLAIN_MAPPINGS = (dict, OrderedDict, Counter)
+# How many names of each kind a mismatch message lists before giving only the count.
+_SHOW = 5
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: corrupt, unsafe to load, or made for another model."""
+
+
+def check_plain(obj: Any, path: str = "state") -> None:
+    """Raise TypeError naming the first value that `torch.load(weights_only=True)` would refuse.
+
+    Types are matched exactly: a numpy.float64 is a float subclass, yet it pickles as a numpy
+    object that the weights-only loader rejects.
+    """
+    kind = type(obj)
+    if kind in _PLAIN_LEAVES:
+        return
+    if kind in _PLAIN_SEQUENCES:
+        for index, item in enumerate(obj):
+            check_plain(item, f"{path}[{index}]")
+        return
+    if kind in _PLAIN_MAPPINGS:
+        for key, value in obj.items():
+            check_plain(key, f"key {key!r} of {path}")
+            check_plain(value, f"{path}[{key!r}]")
+        return
+    raise TypeError(
+        f"{path} is {kind.__module__}.{kind.__qualname__}; a checkpoint may hold only tensors, "
+        "numbers, strings, bools, None and lists/tuples/dicts of them (convert it with "
+        "int()/float()/.tolist() or torch.as_tensor())"
+    )
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
+    """Write `state` to `path` atomically: the old file survives any failure during the save."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"a checkpoint state must be a dict, got {type(state).__name__}")
+    state = dict(state)
+    check_plain(state)
+    with atomic_open(path, "wb") as handle:
+        torch.save(state, handle)
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint` without executing code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if refused:
+            raise CheckpointError(
+                f"{path}: the safe (weights_only) loader refused an object of type "
+                f"{refused.group(1)}; duatm checkpoints hold only tensors, numbers, strings and "
+                "containers of them, so this file was not written by duatm.save_checkpoint"
+            ) from err
+        raise _corrupt(path, err) from err
+    except (EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise _corrupt(path, err) from err
+    except RuntimeError as err:
+        if "PytorchStreamReader" in str(err):
+            raise _corrupt(path, err) from err
+        raise CheckpointError(f"{path}: could not load the checkpoint: {err}") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path} is not a duatm checkpoint: it holds a {type(state).__name__}, not a dict"
+        )
+    return state
+
+
+def _corrupt(path: Path, err: BaseException) -> CheckpointError:
+    detail = str(err).splitlines()[0] if str(err) else "unexpected end of file"
+    return CheckpointError(
+        f"{path} is truncated or not a duatm checkpoint ({type(err).__name__}: {detail})"
+    )
+
+
+def load_model_state(model: nn.Module, state_dict: Mapping[str, Any], source: str) -> None:
+    """Load weights strictly; on any mismatch say which keys and shapes differ, and where from."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    mismatched = [
+        f"{key} (checkpoint {_shape(state_dict[key])}, model {_shape(value)})"
+        for key, value in expected.items()
+        if key in state_dict and _shape(state_dict[key]) != _shape(value)
+    ]
+    if missing or unexpected or mismatched:
+        parts = [
+            _listing("missing key", missing),
+            _listing("unexpected key", unexpected),
+            _listing("shape mismatch", mismatched, plural="shape mismatches"),
+        ]
+        hint = "likely another architecture or config (model.backbone, model.dim, model.mode, ...)"
+        if unexpected and all(key.startswith("module.") for key in unexpected):
+            hint = "the keys carry a 'module.' prefix: the weights were saved from a DDP wrapper"
+        raise CheckpointError(
+            f"the weights in {source} do not fit this {type(model).__name__}: {hint}. "
+            + "; ".join(part for part in parts if part)
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def _listing(what: str, items: list[str], plural: str | None = None) -> str:
+    if not items:
+        return ""
+    name = what if len(items) == 1 else plural or f"{what}s"
+    more = f", ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else ""
+    return f"{len(items)} {name}: {', '.join(items[:_SHOW])}{more}"
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The state of every random generator a run draws from, as weights-only-safe values."""
+    version, mt_state, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": list(mt_state), "gauss_next": gauss_next},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Put back generator states from `capture_rng_state` (after a save and load)."""
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
+    numpy = state["numpy"]
+    np.random.set_state(
+        (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    cuda_states = state.get("cuda", [])
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cuda_states and len(cuda_states) != available:
+        _LOG.warning(
+            "the checkpoint has RNG states for %d CUDA device(s), this machine has %d; "
+            "restoring the first %d",
+            len(cuda_states),
+            available,
+            min(len(cuda_states), available),
+        )
+    for device, cuda_state in enumerate(cuda_states[:available]):
+        torch.cuda.set_rng_state(cuda_state.cpu(), device)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint to resume a run from (`last.pt`), or None when the run has not saved one."""
+    candidate = Path(run_dir) / LAST_CHECKPOINT
+    return candidate if candidate.is_file() else None

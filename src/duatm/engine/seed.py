@@ -1,0 +1,47 @@
+"""Seeding every random generator a run uses, in the main process and in DataLoader workers.
+
+Why: augmentation draws from python `random` and numpy as well as torch; a run is repeatable only
+when all three are seeded, and workers must not all replay the same numpy stream.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+# cuBLAS needs a fixed workspace to be deterministic on CUDA >= 10.2 (PyTorch reproducibility notes).
+_CUBLAS_WORKSPACE = ":4096:8"
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch (all devices) and set the determinism mode both ways.
+
+    `deterministic=True` asks torch for deterministic kernels (a warning where none exists) and
+    turns cuDNN autotuning off; `False` allows any kernel and turns autotuning on, which pays off
+    because every batch has the same image size.
+    """
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", _CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: seed python and numpy from the seed torch gave this worker.
+
+    torch seeds each worker with base_seed + worker_id (base_seed drawn from the loader's
+    generator), so the workers differ from one another and repeat from run to run.
+    """
+    del worker_id  # already part of torch.initial_seed() in a worker
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)

@@ -1,0 +1,361 @@
+"""Ranking metrics for re-identification: CMC, mAP and mINP under the Market-1501 protocol.
+
+Why this exists: every reported number of the project comes from here, so it must agree with the
+evaluation the field uses (torchreid's and fast-reid's ``eval_market1501``) while staying fast and
+memory-bounded on full test sets (Market-1501: 3,368 x 15,913).
+
+Protocol, per query (Zheng et al., ICCV 2015; as implemented by torchreid and fast-reid):
+
+* the gallery is sorted by ascending distance;
+* gallery items with the query's pid *and* the query's camera are removed (they are near-duplicates
+  of the query: same person, same view); ranks are counted in the list that remains;
+* a query left with no true match is skipped (it counts neither in CMC nor in mAP);
+* CMC@k: fraction of valid queries whose first true match is at rank <= k;
+* AP: mean over the true matches of the precision at that match (hits so far / rank);
+* INP (Ye et al., TPAMI 2021): number of true matches / rank of the last true match.
+
+Ties: the sort is stable, so equal distances are ranked by gallery index (lower index first).
+torchreid and fast-reid use numpy's default (unstable) argsort, whose order among ties is
+unspecified; with ties only among non-matches (or only among matches) every metric is the same.
+
+Numerics: per-query AP terms are summed in rank order in float64, and mAP/mINP are float64 means
+over the valid queries in query order, so they agree with the references up to floating-point
+rounding (~1e-16 relative; the references sum in different orders among themselves). CMC is
+count / num_valid in float64; the references return it in float32.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NamedTuple
+
+import numpy as np
+
+#: Matrix entries per query chunk when ``chunk_size`` is None (~4M: about 100 MB of working memory).
+_CHUNK_ENTRIES = 1 << 22
+
+
+class NoValidQueryError(ValueError):
+    """No query has a true match left in the gallery, so CMC and mAP are undefined."""
+
+
+class RankResult(NamedTuple):
+    """CMC curve and mAP (DESIGN §4: exactly these two fields)."""
+
+    cmc: (
+        np.ndarray
+    )  # float64, shape (max_rank,), cmc[k-1] = fraction of valid queries hit by rank k
+    mAP: float
+
+
+class RankMetrics(NamedTuple):
+    """Everything :func:`rank_metrics` computes; a superset of :class:`RankResult`."""
+
+    cmc: np.ndarray  # float64, shape (max_rank,)
+    mAP: float
+    mINP: float
+    num_valid_queries: int
+
+
+class _PerQuery(NamedTuple):
+    """Per-query statistics; ranks are 1-based positions in the kept gallery list (0 if no hit)."""
+
+    num_matches: np.ndarray  # gallery items with the query's pid, before any removal
+    num_rel: np.ndarray  # true matches kept after removal
+    ap: np.ndarray  # average precision (0 where num_rel == 0)
+    first_rank: np.ndarray
+    last_rank: np.ndarray
+
+
+def evaluate_rank(
+    distmat,
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    max_rank: int = 50,
+    *,
+    keep_same_camera: bool = False,
+    query_gallery_index=None,
+    chunk_size: int | None = None,
+) -> RankResult:
+    """CMC and mAP of a query x gallery distance matrix (Market-1501 protocol).
+
+    The drop-in for the field's ``evaluate_rank``; see :func:`rank_metrics` for the arguments.
+    """
+    metrics = rank_metrics(
+        distmat,
+        q_pids,
+        g_pids,
+        q_camids,
+        g_camids,
+        max_rank,
+        keep_same_camera=keep_same_camera,
+        query_gallery_index=query_gallery_index,
+        chunk_size=chunk_size,
+    )
+    return RankResult(cmc=metrics.cmc, mAP=metrics.mAP)
+
+
+def rank_metrics(
+    distmat,
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    max_rank: int = 50,
+    *,
+    keep_same_camera: bool = False,
+    query_gallery_index=None,
+    chunk_size: int | None = None,
+) -> RankMetrics:
+    """CMC, mAP, mINP and the number of valid queries of a distance matrix.
+
+    Args:
+        distmat: (Q, G) distances, smaller = more similar; numpy array or torch tensor, no NaN.
+        q_pids, q_camids: (Q,) integer identity and camera of each query.
+        g_pids, g_camids: (G,) integer identity and camera of each gallery item.
+        max_rank: length of the returned CMC curve. When fewer gallery items are left than
+            ``max_rank``, the tail repeats the last value (every valid query is hit by then),
+            so the length is always ``max_rank``.
+        keep_same_camera: False (default) is the Market-1501 protocol: same-pid same-camera
+            gallery items are removed. True keeps them, for data where camera ids carry no
+            meaning (single camera, own collections): then only the query image itself is
+            removed, and only if ``query_gallery_index`` says where it is.
+        query_gallery_index: optional (Q,) integers; entry i is the gallery index of query i's
+            own image, or -1 when the gallery does not contain it. That gallery item is removed
+            from query i's list in either mode. Leave it None when query and gallery are
+            disjoint sets of images (the usual split). Identity is never guessed from a zero
+            distance, since distinct images can be at distance 0 too.
+        chunk_size: queries processed at once; None picks about 4M matrix entries per chunk.
+            Results do not depend on it.
+
+    Raises:
+        ValueError: inputs of the wrong shape, type or value (message names the argument).
+        NoValidQueryError: no query has a true match left (message says why and what to do).
+    """
+    dist = _as_numpy(distmat, "distmat")
+    if dist.ndim != 2 or dist.shape[0] == 0 or dist.shape[1] == 0:
+        raise ValueError(
+            f"distmat: expected a non-empty 2-D (num_query, num_gallery) matrix, "
+            f"got shape {tuple(dist.shape)}"
+        )
+    if dist.dtype == np.bool_ or dist.dtype.kind not in "iuf":
+        raise ValueError(f"distmat: expected real numbers, got dtype {dist.dtype}")
+    num_q, num_g = dist.shape
+    q_pids = _as_int_vector(q_pids, "q_pids", num_q, "num_query = distmat.shape[0]")
+    g_pids = _as_int_vector(g_pids, "g_pids", num_g, "num_gallery = distmat.shape[1]")
+    q_camids = _as_int_vector(q_camids, "q_camids", num_q, "num_query = distmat.shape[0]")
+    g_camids = _as_int_vector(g_camids, "g_camids", num_g, "num_gallery = distmat.shape[1]")
+    max_rank = _positive_int(max_rank, "max_rank")
+    q_self = None
+    if query_gallery_index is not None:
+        q_self = _as_int_vector(
+            query_gallery_index, "query_gallery_index", num_q, "num_query = distmat.shape[0]"
+        )
+        _check_query_gallery_index(q_self, q_pids, g_pids)
+    if chunk_size is None:
+        chunk_size = max(1, _CHUNK_ENTRIES // num_g)
+    chunk_size = _positive_int(chunk_size, "chunk_size")
+
+    parts = []
+    for start in range(0, num_q, chunk_size):
+        stop = min(start + chunk_size, num_q)
+        chunk = dist[start:stop]
+        if chunk.dtype.kind == "f" and np.isnan(chunk).any():
+            row, col = np.argwhere(np.isnan(chunk))[0]
+            raise ValueError(
+                f"distmat: contains NaN (first at query {start + row}, gallery {col}); "
+                "distances must be numbers"
+            )
+        parts.append(
+            _chunk_per_query(
+                chunk,
+                q_pids[start:stop],
+                q_camids[start:stop],
+                None if q_self is None else q_self[start:stop],
+                g_pids,
+                g_camids,
+                keep_same_camera,
+            )
+        )
+    per_query = _PerQuery(*(np.concatenate(field) for field in zip(*parts, strict=True)))
+    return _aggregate(per_query, max_rank, keep_same_camera, q_self is not None, q_camids, g_camids)
+
+
+def _chunk_per_query(
+    dist: np.ndarray,
+    q_pids: np.ndarray,
+    q_camids: np.ndarray,
+    q_self: np.ndarray | None,
+    g_pids: np.ndarray,
+    g_camids: np.ndarray,
+    keep_same_camera: bool,
+) -> _PerQuery:
+    """Per-query statistics of one block of rows, working only on the (few) true matches.
+
+    Everything removed is a true match (same pid; the query's own image is checked to be one),
+    so a kept match's rank in the kept list is its sorted position minus the removed matches
+    before it in the same row. This avoids any further (chunk x gallery) pass after the sort.
+    """
+    num_rows = dist.shape[0]
+    order = np.argsort(dist, axis=1, kind="stable")
+    # Row-major, so the matches of a row come together and in rank order.
+    rows, cols = np.nonzero(g_pids[order] == q_pids[:, None])
+    gallery_idx = order[rows, cols]
+    num_matches = np.bincount(rows, minlength=num_rows)
+    removed = np.zeros(rows.size, dtype=bool)
+    if not keep_same_camera:
+        removed |= g_camids[gallery_idx] == q_camids[rows]
+    if q_self is not None:
+        removed |= gallery_idx == q_self[rows]
+
+    removed_before = _exclusive_cumsum_within_rows(removed, rows, num_matches)
+    kept = ~removed
+    rows = rows[kept]
+    rank = (cols + 1 - removed_before)[kept]
+    num_rel = np.bincount(rows, minlength=num_rows)
+    starts = np.cumsum(num_rel) - num_rel
+    hits_so_far = np.arange(1, rows.size + 1) - starts[rows]
+    # Precision at each hit, summed in rank order (as the references' per-query loop does).
+    ap_sum = np.bincount(rows, weights=hits_so_far / rank, minlength=num_rows)
+
+    valid = num_rel > 0
+    first_rank = np.zeros(num_rows, np.int64)
+    last_rank = np.zeros(num_rows, np.int64)
+    first_rank[valid] = rank[starts[valid]]
+    last_rank[valid] = rank[(starts + num_rel - 1)[valid]]
+    ap = np.divide(ap_sum, num_rel, out=np.zeros(num_rows), where=valid)
+    return _PerQuery(num_matches, num_rel, ap, first_rank, last_rank)
+
+
+def _exclusive_cumsum_within_rows(
+    values: np.ndarray, rows: np.ndarray, counts: np.ndarray
+) -> np.ndarray:
+    """For entries grouped by row (row-major), the sum of the same row's earlier values."""
+    inclusive = np.cumsum(values)
+    exclusive = inclusive - values
+    row_start = np.cumsum(counts) - counts
+    return exclusive - exclusive[row_start[rows]] if rows.size else exclusive
+
+
+def _aggregate(
+    per_query: _PerQuery,
+    max_rank: int,
+    keep_same_camera: bool,
+    has_query_index: bool,
+    q_camids: np.ndarray,
+    g_camids: np.ndarray,
+) -> RankMetrics:
+    """Average the per-query statistics over the valid queries."""
+    valid = per_query.num_rel > 0
+    num_valid = int(valid.sum())
+    if num_valid == 0:
+        raise NoValidQueryError(
+            _no_valid_query_message(
+                per_query.num_matches, keep_same_camera, has_query_index, q_camids, g_camids
+            )
+        )
+    # Histogram of first-hit ranks, cumulated. A gallery shorter than max_rank has no first hits
+    # past its end, so the tail keeps the last value.
+    first_hits = np.bincount(per_query.first_rank[valid] - 1, minlength=max_rank)[:max_rank]
+    cmc = np.cumsum(first_hits) / num_valid
+    inp = per_query.num_rel[valid] / per_query.last_rank[valid]
+    return RankMetrics(
+        cmc=cmc,
+        mAP=float(np.mean(per_query.ap[valid])),
+        mINP=float(np.mean(inp)),
+        num_valid_queries=num_valid,
+    )
+
+
+def _no_valid_query_message(
+    num_matches: np.ndarray,
+    keep_same_camera: bool,
+    has_query_index: bool,
+    q_camids: np.ndarray,
+    g_camids: np.ndarray,
+) -> str:
+    """Explain why every query was skipped and how to evaluate such data."""
+    num_q = num_matches.size
+    absent = int((num_matches == 0).sum())
+    all_removed = num_q - absent
+    lines = [
+        f"no query has a true match left in the gallery, so CMC and mAP are undefined "
+        f"({num_q} queries, all skipped):"
+    ]
+    if absent:
+        lines.append(
+            f"- {absent} queries have a pid that does not appear in the gallery at all; check "
+            "that query and gallery come from the same split and use the same pid numbering "
+            "(e.g. training pids relabelled to 0..N-1 compared with original gallery pids)."
+        )
+    if all_removed and not keep_same_camera:
+        single = np.unique(np.concatenate([q_camids, g_camids]))
+        camera_note = f" (every image here has camera id {single[0]})" if single.size == 1 else ""
+        self_note = " (or only the query image itself)" if has_query_index else ""
+        lines.append(
+            f"- {all_removed} queries have true matches only under their own camera"
+            f"{camera_note}{self_note}; the Market-1501 protocol removes gallery images with the same pid "
+            "AND the same camera as the query, so nothing is left to find. For single-camera "
+            "data or data whose camera ids carry no meaning, call with keep_same_camera=True: "
+            "same-camera matches are then kept and only the query image itself is removed "
+            "(pass query_gallery_index if the gallery contains the query images)."
+        )
+    elif all_removed:
+        lines.append(
+            f"- {all_removed} queries' only true match in the gallery is the query image itself "
+            "(query_gallery_index), which is never counted as a match."
+        )
+    return "\n".join(lines)
+
+
+def _as_numpy(x, name: str) -> np.ndarray:
+    """numpy view of an array-like or torch tensor (any device), without importing torch."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.dtype == torch.bfloat16:  # numpy has no bfloat16
+            x = x.float()
+        return x.numpy()
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: expected an array or tensor, got {type(x).__name__}") from err
+
+
+def _as_int_vector(x, name: str, length: int, what: str) -> np.ndarray:
+    """int64 1-D array of the given length, or a ValueError naming the argument."""
+    arr = _as_numpy(x, name)
+    if arr.ndim != 1 or arr.shape[0] != length:
+        raise ValueError(f"{name}: expected shape ({length},) ({what}), got {tuple(arr.shape)}")
+    if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
+        raise ValueError(f"{name}: expected integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_query_gallery_index(q_self: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray) -> None:
+    """Each entry is -1 or a gallery index whose pid is the query's (it is the same image)."""
+    num_g = g_pids.size
+    bad = np.flatnonzero((q_self < -1) | (q_self >= num_g))
+    if bad.size:
+        i = bad[0]
+        raise ValueError(
+            f"query_gallery_index: entry {i} is {q_self[i]}; expected -1 or a gallery index "
+            f"in [0, {num_g})"
+        )
+    present = q_self >= 0
+    mismatch = np.flatnonzero(present & (g_pids[np.where(present, q_self, 0)] != q_pids))
+    if mismatch.size:
+        i = mismatch[0]
+        raise ValueError(
+            f"query_gallery_index: entry {i} points at gallery item {q_self[i]} with pid "
+            f"{g_pids[q_self[i]]}, but query {i} has pid {q_pids[i]}; it must be the query's "
+            "own image"
+        )

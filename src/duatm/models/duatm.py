@@ -1,0 +1,115 @@
+"""The DuATM network: sequence extractor + dual attention matcher + training-only classifier."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from duatm.models.backbones import build_backbone
+from duatm.models.extractor import ImageSequenceExtractor
+from duatm.models.matching import DualAttentionMatcher
+
+__all__ = ["DuATM"]
+
+
+class DuATM(nn.Module):
+    """Dual Attention Matching Network (Si et al., CVPR 2018) for images.
+
+    Parts: ``extractor`` (backbone CNN -> (B, S, D) unit-vector sequences), ``matcher`` (the
+    learned sequence distance, ablation ``mode`` fixed at construction) and ``classifier``
+    (``nn.Linear(dim, num_classes)``, used only by the training cross-entropy on randomly pooled
+    sequences; evaluation never touches it).
+
+    The paper trains with the backbone frozen first and then end to end; :meth:`freeze_backbone`
+    and :meth:`unfreeze_backbone` switch between the two, and :meth:`backbone_parameters` /
+    :meth:`head_parameters` give the two optimiser parameter groups.
+
+    Args:
+        backbone: a :data:`duatm.models.backbones.BACKBONE_NAMES` name.
+        dim: D, the sequence element size (256 in the paper).
+        num_classes: number of training identities (classifier outputs).
+        mode: matcher mode, one of :data:`duatm.models.matching.MATCHER_MODES`.
+        pretrained: backbone weights: ``None``, ``"imagenet"`` or a state-dict path
+            (see :func:`duatm.models.backbones.build_backbone`).
+        drop_last_pool: output stride 16 instead of 32 (twice as many rows and columns).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "densenet121",
+        dim: int = 256,
+        *,
+        num_classes: int,
+        mode: str = "dual",
+        pretrained: str | os.PathLike[str] | None = None,
+        drop_last_pool: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes}")
+        self.extractor = ImageSequenceExtractor(
+            build_backbone(backbone, pretrained, drop_last_pool=drop_last_pool), dim
+        )
+        self.matcher = DualAttentionMatcher(dim, mode)
+        self.classifier = nn.Linear(dim, num_classes)
+        self._backbone_frozen = False
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.extractor.backbone
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self._backbone_frozen
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Images (B, 3, H, W) -> feature sequences (B, S, D), differentiable."""
+        return self.extractor(images)
+
+    @torch.inference_mode()
+    def extract_sequences(self, images: Tensor) -> Tensor:
+        """Sequences for evaluation or indexing, without autograd bookkeeping.
+
+        This does not switch modes: call ``model.eval()`` first, otherwise BatchNorm uses (and
+        updates) batch statistics. The result is an inference tensor (no grad, not usable in
+        autograd later).
+        """
+        return self.extractor(images)
+
+    def pairwise_distances(self, seqs: Tensor) -> Tensor:
+        """(B, B) matching distances of a batch against itself (differentiable; for the triplet
+        loss's batch-hard mining)."""
+        return self.matcher.pairwise(seqs, seqs)
+
+    def freeze_backbone(self) -> None:
+        """Stop training the backbone: no gradients, and its BatchNorm stays in eval mode (running
+        statistics used and kept unchanged) even while the rest of the model trains."""
+        for param in self.backbone.parameters():
+            param.requires_grad_(False)
+        self._backbone_frozen = True
+        self.backbone.eval()
+
+    def unfreeze_backbone(self) -> None:
+        """Train the backbone again; it follows the model's train/eval mode from now on."""
+        for param in self.backbone.parameters():
+            param.requires_grad_(True)
+        self._backbone_frozen = False
+        self.backbone.train(self.training)
+
+    def train(self, mode: bool = True) -> DuATM:
+        super().train(mode)
+        if self._backbone_frozen:
+            self.backbone.eval()
+        return self
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the backbone CNN (the group frozen first, then fine-tuned)."""
+        return self.backbone.parameters()
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter outside the backbone: extractor FC, matcher and classifier."""
+        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        return (p for p in self.parameters() if id(p) not in backbone_ids)

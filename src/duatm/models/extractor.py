@@ -1,0 +1,53 @@
+"""Feature-sequence extractors: input batch -> (B, S, D) sequences of unit vectors.
+
+The contract every extractor keeps (the matcher, losses and evaluation rely on it): a ``.backbone``
+CNN (what gets frozen early in training), a ``.dim`` (D), and ``forward`` returning a
+(B, S, D) tensor whose every row x^i is L2-normalised (DESIGN §1). The image extractor is here; a
+video one (frame CNN + bidirectional RNN, S = frames) will sit beside it with the same contract.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ImageSequenceExtractor"]
+
+
+class ImageSequenceExtractor(nn.Module):
+    """Image -> sequence of its feature-map positions, each projected to D and L2-normalised.
+
+    Positions are read in row-major order (row by row, left to right within a row), so element
+    ``i * w + j`` is map position (i, j); S = h * w (32 for DenseNet-121 at 256 x 128). One FC
+    layer C -> D is shared by all positions (the paper's 1024 -> 256 layer).
+
+    Args:
+        backbone: module mapping (B, 3, H, W) to a feature map (B, C, h, w); it must expose
+            ``.out_channels`` (C), as every :func:`duatm.models.backbones.build_backbone` result does.
+        dim: D, the length of each sequence element.
+    """
+
+    def __init__(self, backbone: nn.Module, dim: int) -> None:
+        super().__init__()
+        channels = getattr(backbone, "out_channels", None)
+        if not isinstance(channels, int) or channels < 1:
+            raise TypeError(
+                f"backbone {type(backbone).__name__} must expose a positive int .out_channels "
+                f"(its feature-map channels); got {channels!r}"
+            )
+        if dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim}")
+        self.backbone = backbone
+        self.dim = dim
+        self.embed = nn.Linear(channels, dim)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.dim() != 4:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        fmap = self.backbone(images)
+        if fmap.dim() != 4:
+            raise ValueError(
+                f"backbone must return a (B, C, h, w) feature map, got {tuple(fmap.shape)}"
+            )
+        positions = fmap.flatten(2).transpose(1, 2)  # (B, h*w, C), row-major
+        return F.normalize(self.embed(positions), dim=-1)

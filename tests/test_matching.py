@@ -1,0 +1,189 @@
+"""DualAttentionMatcher against an independent pair-by-pair float64 reading of Eq. 1-5."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from duatm.models.matching import MATCHER_MODES, DualAttentionMatcher
+
+
+def unit_sequences(n: int, length: int, dim: int, seed: int, dtype=torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, length, dim, generator=g, dtype=dtype), dim=-1)
+
+
+def randomised_matcher(dim: int, mode: str, seed: int = 0) -> DualAttentionMatcher:
+    """A float64 matcher in eval mode with random weights AND random BatchNorm statistics."""
+    torch.manual_seed(seed)
+    matcher = DualAttentionMatcher(dim, mode).double().eval()
+    if matcher.transform is not None:
+        bn = matcher.transform[1]
+        with torch.no_grad():
+            bn.running_mean.normal_(0, 0.3)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.normal_(1, 0.5)
+            bn.bias.normal_(0, 0.5)
+    return matcher
+
+
+def reference_distance(xa: np.ndarray, xb: np.ndarray, matcher: DualAttentionMatcher) -> float:
+    """One pair, element by element, straight from the paper's equations (numpy float64)."""
+    if matcher.mode == "avgpool":
+        return float(np.linalg.norm(xa.mean(0) - xb.mean(0)))
+    linear, bn, _ = matcher.transform
+    w = linear.weight.detach().numpy()
+    b = linear.bias.detach().numpy()
+    mean, var = bn.running_mean.numpy(), bn.running_var.numpy()
+    gamma, beta = bn.weight.detach().numpy(), bn.bias.detach().numpy()
+
+    def filt(x):  # Eq. 1
+        return np.maximum(0.0, gamma * (w @ x + b - mean) / np.sqrt(var + bn.eps) + beta)
+
+    def attend(q, keys):  # Eq. 2-3
+        logits = np.array([q @ k for k in keys])
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        return sum(pi * k for pi, k in zip(p, keys, strict=True))
+
+    def directed(xs, ys):
+        ds = []
+        for i, x in enumerate(xs):
+            q = filt(x)
+            refined = attend(q, xs)
+            if matcher.mode == "intra":
+                ds.append(np.linalg.norm(refined - attend(filt(ys[i]), ys)))
+            elif matcher.mode == "inter":
+                ds.append(np.linalg.norm(x - attend(q, ys)))
+            else:  # dual, Eq. 4
+                ds.append(np.linalg.norm(refined - attend(q, ys)))
+        return np.mean(ds)
+
+    return directed(xa, xb) / 2 + directed(xb, xa) / 2  # Eq. 5
+
+
+def lengths(mode: str) -> tuple[int, int]:
+    return (5, 5) if mode == "intra" else (4, 7)
+
+
+@pytest.mark.parametrize("mode", MATCHER_MODES)
+def test_forward_and_pairwise_match_independent_reference(mode: str) -> None:
+    dim = 12
+    matcher = randomised_matcher(dim, mode)
+    len_q, len_g = lengths(mode)
+    xq, xg = unit_sequences(3, len_q, dim, 1), unit_sequences(4, len_g, dim, 2)
+    expected = np.array(
+        [[reference_distance(a.numpy(), b.numpy(), matcher) for b in xg] for a in xq]
+    )
+    with torch.no_grad():
+        pairwise = matcher.pairwise(xq, xg).numpy()
+        forward = matcher(xq.repeat_interleave(len(xg), 0), xg.repeat(len(xq), 1, 1))
+    np.testing.assert_allclose(pairwise, expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(forward.view(len(xq), len(xg)).numpy(), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", MATCHER_MODES)
+def test_pairwise_is_independent_of_tile_budget_and_symmetric(mode: str) -> None:
+    dim = 16
+    matcher = DualAttentionMatcher(dim, mode).eval()
+    xq = unit_sequences(7, 6, dim, 3, dtype=torch.float32)
+    xg = unit_sequences(9, 6, dim, 4, dtype=torch.float32)
+    with torch.no_grad():
+        full = matcher.pairwise(xq, xg, max_tile_bytes=2**30)
+        for budget in (1, 5_000, 40_000):  # 1 byte forces 1 x 1 tiles
+            torch.testing.assert_close(matcher.pairwise(xq, xg, max_tile_bytes=budget), full)
+        torch.testing.assert_close(matcher.pairwise(xg, xq), full.T, atol=1e-6, rtol=0)
+        forward = matcher(xq.repeat_interleave(9, 0), xg.repeat(7, 1, 1)).view(7, 9)
+        torch.testing.assert_close(full, forward, atol=2e-5, rtol=0)
+        if mode != "inter":  # inter compares x^i with an average of X: dist(X, X) > 0 there
+            # Self-pairs: the Gram expansion cancels to float32 rounding noise before the sqrt.
+            assert matcher.pairwise(xq).diagonal().abs().max() < 2e-3
+
+
+def test_intra_mode_rejects_unequal_lengths() -> None:
+    matcher = DualAttentionMatcher(8, "intra").eval()
+    with pytest.raises(ValueError, match="equal sequence lengths"):
+        matcher(
+            unit_sequences(2, 3, 8, 0, torch.float32), unit_sequences(2, 4, 8, 1, torch.float32)
+        )
+    with pytest.raises(ValueError, match="equal sequence lengths"):
+        matcher.pairwise(
+            unit_sequences(2, 3, 8, 0, torch.float32), unit_sequences(2, 4, 8, 1, torch.float32)
+        )
+
+
+def test_bad_arguments_are_named() -> None:
+    with pytest.raises(ValueError, match="mode must be one of"):
+        DualAttentionMatcher(8, "max")
+    matcher = DualAttentionMatcher(8)
+    with pytest.raises(ValueError, match=r"xa must have shape \(N, S, 8\)"):
+        matcher(torch.zeros(2, 3, 5), torch.zeros(2, 3, 8))
+    with pytest.raises(ValueError, match="same number of pairs"):
+        matcher(torch.zeros(2, 3, 8), torch.zeros(3, 3, 8))
+
+
+def test_contract_transform_layer() -> None:
+    transform = DualAttentionMatcher(8).transform
+    assert [type(m) for m in transform] == [torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.ReLU]
+    assert DualAttentionMatcher(8, "avgpool").transform is None
+
+
+@pytest.mark.parametrize("mode", ["dual", "inter", "intra"])
+def test_gradients_reach_transform_bn_and_inputs(mode: str) -> None:
+    """float64 gradcheck of forward and pairwise w.r.t. the inputs, W, b and BN's gamma, beta.
+
+    gradcheck perturbs its inputs in place, so passing the matcher's own parameters checks them.
+    """
+    matcher = randomised_matcher(5, mode, seed=4)
+    params = tuple(matcher.parameters())
+    assert len(params) == 4  # W, b, BN weight, BN bias
+    xq = unit_sequences(2, 3, 5, 5).requires_grad_(True)
+    xg = unit_sequences(3, 3, 5, 6).requires_grad_(True)
+
+    def pairwise(xq, xg, *_params):
+        return matcher.pairwise(xq, xg, max_tile_bytes=500)  # several tiles
+
+    def forward(xa, xb, *_params):
+        return matcher(xa, xb)
+
+    assert torch.autograd.gradcheck(pairwise, (xq, xg, *params), eps=1e-6, atol=1e-6)
+    xa = xq.detach().repeat_interleave(3, 0).requires_grad_(True)
+    xb = xg.detach().repeat(2, 1, 1).requires_grad_(True)
+    assert torch.autograd.gradcheck(forward, (xa, xb, *params), eps=1e-6, atol=1e-6)
+    grads = torch.autograd.grad(pairwise(xq, xg).sum(), (xq, xg, *params))
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
+def test_training_mode_pairwise_uses_batch_statistics_once() -> None:
+    """In training, pairwise(x) filters the whole batch as one BN batch and updates BN once."""
+    matcher = DualAttentionMatcher(6).train()
+    x = unit_sequences(4, 3, 6, 7, dtype=torch.float32)
+    dist = matcher.pairwise(x)
+    assert dist.requires_grad and dist.shape == (4, 4)
+    assert matcher.transform[1].num_batches_tracked.item() == 1
+    expected = x.reshape(-1, 6) @ matcher.transform[0].weight.T + matcher.transform[0].bias
+    torch.testing.assert_close(matcher.transform[1].running_mean, 0.1 * expected.mean(0).detach())
+
+
+@pytest.mark.parametrize("mode", MATCHER_MODES)
+def test_bf16_autocast_stays_close_to_float32(mode: str) -> None:
+    matcher = DualAttentionMatcher(16, mode).eval()
+    xq, xg = unit_sequences(3, 5, 16, 8, torch.float32), unit_sequences(4, 5, 16, 9, torch.float32)
+    with torch.no_grad():
+        exact = matcher.pairwise(xq, xg)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = matcher.pairwise(xq, xg)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, exact, atol=2e-2, rtol=0)
+
+
+def test_prepared_gallery_can_be_reused() -> None:
+    matcher = DualAttentionMatcher(8).eval()
+    xq, xg = unit_sequences(3, 4, 8, 10, torch.float32), unit_sequences(5, 4, 8, 11, torch.float32)
+    with torch.no_grad():
+        gallery = matcher.prepare(xg)
+        torch.testing.assert_close(
+            matcher.pairwise_prepared(matcher.prepare(xq), gallery), matcher.pairwise(xq, xg)
+        )
