@@ -156,7 +156,7 @@ def test_no_valid_query_explains_same_camera_exclusion():
         rank_metrics(dist, [1, 2], [1, 2], [0, 0], [0, 0])
     message = str(info.value)
     assert "2 queries" in message
-    assert "only under their own camera" in message
+    assert "every true match is under the query's own camera" in message
     assert "camera id 0" in message
     assert "keep_same_camera=True" in message
     assert isinstance(info.value, ValueError)

@@ -256,11 +256,11 @@ def _build(layers: Sequence[tuple[str, DictConfig]]) -> DuATMConfig:
         except OmegaConfBaseException as err:
             raise _wrap(err, source) from err
     try:
-        cfg = OmegaConf.to_object(merged)
+        cfg = cast(DuATMConfig, OmegaConf.to_object(merged))
     except OmegaConfBaseException as err:
         raise _wrap(err, "config") from err
     validate_config(cfg)
-    return cast(DuATMConfig, cfg)
+    return cfg
 
 
 def _check_sections(schema: DictConfig, node: Any, prefix: str, source: str) -> None:

@@ -11,6 +11,7 @@ A run folder holds `last.pt` (written every epoch, resumed from) and `best.pt`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import pickle
 import random
@@ -48,6 +49,8 @@ _PLAIN_LEAVES = (
 )
 _PLAIN_SEQUENCES = (list, tuple, set)
 _PLAIN_MAPPINGS = (dict, OrderedDict, Counter)
+# torch.save writes a zip archive (the format since PyTorch 1.6); anything else is not ours.
+_ZIP_MAGIC = b"PK\x03\x04"
 # How many names of each kind a mismatch message lists before giving only the count.
 _SHOW = 5
 
@@ -96,6 +99,11 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with path.open("rb") as handle:
+        magic = handle.read(len(_ZIP_MAGIC))
+    if magic != _ZIP_MAGIC:
+        detail = "the file is empty" if not magic else "not a torch zip archive"
+        raise CheckpointError(f"{path} is truncated or not a duatm checkpoint ({detail})")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -107,7 +115,11 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
                 "containers of them, so this file was not written by duatm.save_checkpoint"
             ) from err
         raise _corrupt(path, err) from err
-    except (EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
+    except (EOFError, IndexError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise _corrupt(path, err) from err
+    except OSError as err:
+        if err.errno != errno.EINVAL:  # the zip reader's answer to a cut-off archive
+            raise
         raise _corrupt(path, err) from err
     except RuntimeError as err:
         if "PytorchStreamReader" in str(err):

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,8 @@ class MetricsLogger:
         _drop_partial_last_line(self.jsonl_path)
         records = read_metrics(self.jsonl_path) if self.jsonl_path.exists() else []
         self._columns = _columns_of(records)
-        if _csv_header(self.csv_path) != self._columns:
-            _write_csv(self.csv_path, self._columns, records)
+        # The CSV is a view of the JSONL: rebuilt on open, it cannot lag behind after a crash.
+        _write_csv(self.csv_path, self._columns, records)
         self._jsonl = self.jsonl_path.open("a", encoding="utf-8")
         self._csv = self.csv_path.open("a", encoding="utf-8", newline="")
         self._tensorboard = (
@@ -136,8 +136,8 @@ def plot_metrics(
 
     records = read_metrics(jsonl_path)
     panels = [
-        ("training losses (mean per epoch)", _series(records, "train", train_keys, {"lr"})),
-        ("evaluation", _series(records, "eval", eval_keys, set())),
+        ("training losses (mean per epoch)", epoch_curves(records, "train", train_keys, {"lr"})),
+        ("evaluation", epoch_curves(records, "eval", eval_keys)),
     ]
     panels = [(title, series) for title, series in panels if series]
     if not panels:
@@ -158,10 +158,16 @@ def plot_metrics(
     return out_png
 
 
-def _series(
-    records: list[dict[str, Any]], kind: str, keys: Sequence[str] | None, skip: set[str]
+def epoch_curves(
+    records: Sequence[Mapping[str, Any]],
+    kind: str,
+    keys: Sequence[str] | None = None,
+    skip: Collection[str] = (),
 ) -> dict[str, tuple[list[float], list[float]]]:
-    """name -> (epochs, per-epoch mean) for the numeric metrics of one kind of record."""
+    """name -> (epochs, mean per epoch) for one kind of record, the numbers behind the plots.
+
+    `keys=None` takes every numeric metric of that kind except those in `skip`.
+    """
     chosen = [r for r in records if r.get("kind") == kind and r.get("epoch") is not None]
     if keys is None:
         keys = [
@@ -182,7 +188,7 @@ def _series(
     return series
 
 
-def _numeric_in(records: list[dict[str, Any]], name: str) -> bool:
+def _numeric_in(records: Sequence[Mapping[str, Any]], name: str) -> bool:
     return any(_is_number(record.get(name)) for record in records)
 
 
@@ -207,18 +213,11 @@ def _scalar(name: str, value: Any) -> Any:
     )
 
 
-def _columns_of(records: list[dict[str, Any]]) -> list[str]:
+def _columns_of(records: Sequence[Mapping[str, Any]]) -> list[str]:
     columns = list(RECORD_FIELDS)
     for record in records:
         columns.extend(name for name in record if name not in columns)
     return columns
-
-
-def _csv_header(path: Path) -> list[str] | None:
-    if not path.exists():
-        return None
-    with path.open(encoding="utf-8", newline="") as handle:
-        return next(csv.reader(handle), None)
 
 
 def _write_csv(path: Path, columns: list[str], records: list[dict[str, Any]]) -> None:

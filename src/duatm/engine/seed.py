@@ -1,7 +1,7 @@
 """Seeding every random generator a run uses, in the main process and in DataLoader workers.
 
 Why: augmentation draws from python `random` and numpy as well as torch; a run is repeatable only
-when all three are seeded, and workers must not all replay the same numpy stream.
+when all three are seeded, and no two workers (of any process) may replay the same stream.
 """
 
 from __future__ import annotations
@@ -35,13 +35,16 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def worker_init_fn(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: seed python and numpy from the seed torch gave this worker.
+def worker_init_fn(worker_id: int, rank: int = 0) -> None:
+    """DataLoader `worker_init_fn`: reseed python, numpy and torch from the worker's torch seed.
 
-    torch seeds each worker with base_seed + worker_id (base_seed drawn from the loader's
-    generator), so the workers differ from one another and repeat from run to run.
+    torch seeds worker `w` with base_seed + w, base_seed drawn from the loader's generator, so
+    the processes of a distributed run whose loaders share a seed would augment identically.
+    Mixing in the process `rank` (bind it: `functools.partial(worker_init_fn, rank=rank)`) keeps
+    them apart, and the streams stay a pure function of the loader seed, so runs repeat.
     """
-    del worker_id  # already part of torch.initial_seed() in a worker
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
+    del worker_id  # already part of torch.initial_seed() inside a worker
+    words = np.random.SeedSequence([torch.initial_seed(), rank]).generate_state(4)
+    random.seed(int.from_bytes(words.tobytes(), "little"))
+    np.random.seed(words)
+    torch.manual_seed(int(words[0]) << 32 | int(words[1]))

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-#: Matrix entries per query chunk when ``chunk_size`` is None (~4M: about 100 MB of working memory).
+#: Matrix entries per query chunk when ``chunk_size`` is None (~4M: about 70 MB of working memory).
 _CHUNK_ENTRIES = 1 << 22
 
 
@@ -217,7 +217,7 @@ def _chunk_per_query(
     num_rel = np.bincount(rows, minlength=num_rows)
     starts = np.cumsum(num_rel) - num_rel
     hits_so_far = np.arange(1, rows.size + 1) - starts[rows]
-    # Precision at each hit, summed in rank order (as the references' per-query loop does).
+    # Precision at each hit (hits so far / rank), summed per query in rank order.
     ap_sum = np.bincount(rows, weights=hits_so_far / rank, minlength=num_rows)
 
     valid = num_rel > 0
@@ -236,7 +236,7 @@ def _exclusive_cumsum_within_rows(
     inclusive = np.cumsum(values)
     exclusive = inclusive - values
     row_start = np.cumsum(counts) - counts
-    return exclusive - exclusive[row_start[rows]] if rows.size else exclusive
+    return exclusive - exclusive[row_start[rows]]
 
 
 def _aggregate(
@@ -286,26 +286,27 @@ def _no_valid_query_message(
     ]
     if absent:
         lines.append(
-            f"- {absent} queries have a pid that does not appear in the gallery at all; check "
+            f"- {absent} of them: the query's pid does not appear in the gallery at all; check "
             "that query and gallery come from the same split and use the same pid numbering "
             "(e.g. training pids relabelled to 0..N-1 compared with original gallery pids)."
         )
     if all_removed and not keep_same_camera:
         single = np.unique(np.concatenate([q_camids, g_camids]))
         camera_note = f" (every image here has camera id {single[0]})" if single.size == 1 else ""
-        self_note = " (or only the query image itself)" if has_query_index else ""
+        self_note = " (or is the query image itself)" if has_query_index else ""
         lines.append(
-            f"- {all_removed} queries have true matches only under their own camera"
-            f"{camera_note}{self_note}; the Market-1501 protocol removes gallery images with the same pid "
-            "AND the same camera as the query, so nothing is left to find. For single-camera "
-            "data or data whose camera ids carry no meaning, call with keep_same_camera=True: "
+            f"- {all_removed} of them: every true match is under the query's own camera"
+            f"{camera_note}{self_note}; the Market-1501 protocol removes gallery images with the "
+            "same pid AND the same camera as the query, so nothing is left to find. For "
+            "single-camera data or data whose camera ids carry no meaning, call with "
+            "keep_same_camera=True: "
             "same-camera matches are then kept and only the query image itself is removed "
             "(pass query_gallery_index if the gallery contains the query images)."
         )
     elif all_removed:
         lines.append(
-            f"- {all_removed} queries' only true match in the gallery is the query image itself "
-            "(query_gallery_index), which is never counted as a match."
+            f"- {all_removed} of them: the only true match in the gallery is the query image "
+            "itself (query_gallery_index), which is never counted as a match."
         )
     return "\n".join(lines)
 
@@ -321,7 +322,9 @@ def _as_numpy(x, name: str) -> np.ndarray:
     try:
         return np.asarray(x)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{name}: expected an array or tensor, got {type(x).__name__}") from err
+        raise ValueError(
+            f"{name}: expected an array or tensor, could not convert {type(x).__name__} ({err})"
+        ) from err
 
 
 def _as_int_vector(x, name: str, length: int, what: str) -> np.ndarray:

@@ -1,0 +1,26 @@
+"""Re-id datasets: parsers of the published layouts and of the user's own folders."""
+
+from duatm.data.datasets.base import (
+    DatasetError,
+    DatasetFormatError,
+    DatasetLayoutError,
+    ReIDDataset,
+)
+from duatm.data.datasets.bounding_box import BoundingBoxDataset
+from duatm.data.datasets.dukemtmcreid import DukeMTMCreID
+from duatm.data.datasets.image_folder import ImageFolderDataset
+from duatm.data.datasets.market1501 import Market1501
+from duatm.data.datasets.registry import DATASETS, build_dataset
+
+__all__ = [
+    "DATASETS",
+    "BoundingBoxDataset",
+    "DatasetError",
+    "DatasetFormatError",
+    "DatasetLayoutError",
+    "DukeMTMCreID",
+    "ImageFolderDataset",
+    "Market1501",
+    "ReIDDataset",
+    "build_dataset",
+]
