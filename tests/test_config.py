@@ -178,8 +178,8 @@ def test_top_level_list_is_rejected(tmp_path: Path) -> None:
         (["loss.drop_prob=-0.1"], "loss.drop_prob"),
         (["optim.lr=0"], "optim.lr"),
         (["optim.momentum=0", "optim.nesterov=true"], "optim.nesterov"),
-        (["schedule.lr_decay_epoch=301"], "schedule.lr_decay_epoch"),
-        (["schedule.epochs=50"], "schedule.freeze_backbone_epochs"),
+        (["schedule.lr_decay_epoch=-1"], "schedule.lr_decay_epoch"),
+        (["schedule.freeze_backbone_epochs=-1"], "schedule.freeze_backbone_epochs"),
         (["schedule.iters_per_epoch=0"], "schedule.iters_per_epoch"),
         (["eval.every=-1"], "eval.every"),
         (["eval.tile_mb=0"], "eval.tile_mb"),
@@ -197,6 +197,7 @@ def test_invalid_values_are_rejected_naming_the_key(overrides: list[str], key: s
     "overrides",
     [
         ["schedule.lr_decay_epoch=300"],  # decay never happens
+        ["schedule.epochs=2"],  # a short run of a paper config: frozen and undecayed throughout
         ["schedule.freeze_backbone_epochs=0", "schedule.lr_decay_epoch=0"],
         ["device=cuda:1"],
         ["optim.nesterov=true"],

@@ -305,3 +305,6 @@ def test_rank_table_and_dict():
     assert len(data["cmc"]) == 20
     with pytest.raises(ValueError, match=r"ranks: expected integers in \[1, 20\]"):
         format_rank_table(metrics, ranks=(1, 50))
+    short = RankMetrics(cmc=cmc[:10], mAP=0.4321, mINP=0.05, num_valid_queries=7)
+    assert format_rank_table(short).split()[:4] == ["R1", "R5", "R10", "mAP"]  # no R20 column
+    assert "R20" not in rank_metrics_to_dict(short)

@@ -7,6 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from duatm import __version__
+from duatm.data.synthped import add_synth_arguments
+from duatm.engine.commands import add_evaluate_arguments, add_train_arguments
+from duatm.engine.demo import add_demo_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +18,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="DuATM person re-identification: train, evaluate, generate SynthPed data, run the demo.",
     )
     parser.add_argument("--version", action="version", version=f"duatm {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_demo_arguments(
+        commands.add_parser("demo", help="train DuATM and AvePool on SynthPed and compare (CPU)")
+    )
+    add_train_arguments(commands.add_parser("train", help="train a model from a config"))
+    add_evaluate_arguments(
+        commands.add_parser("evaluate", help="rank metrics of a checkpoint on query/gallery")
+    )
+    add_synth_arguments(
+        commands.add_parser(
+            "synth", help="write SynthPed, the built-in data, in Market-1501 layout"
+        )
+    )
     return parser
 
 

@@ -48,3 +48,18 @@ def worker_init_fn(worker_id: int, rank: int = 0) -> None:
     random.seed(int.from_bytes(words.tobytes(), "little"))
     np.random.seed(words)
     torch.manual_seed(int(words[0]) << 32 | int(words[1]))
+
+
+def seed_epoch(seed: int, epoch: int) -> int:
+    """Reseed python, numpy and torch from (seed, epoch); returns the torch seed used.
+
+    Why: the trainer calls this at the start of every epoch, so an epoch's augmentation and loss
+    sampling depend only on the run seed and the epoch number, not on what ran before it (an
+    evaluation, a restart). A resumed run therefore replays exactly what the uninterrupted one did.
+    """
+    words = np.random.SeedSequence([seed, epoch]).generate_state(4)
+    random.seed(int.from_bytes(words.tobytes(), "little"))
+    np.random.seed(words)
+    torch_seed = int(words[0]) << 32 | int(words[1])
+    torch.manual_seed(torch_seed)
+    return torch_seed

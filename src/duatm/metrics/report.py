@@ -14,8 +14,11 @@ from duatm.metrics.rank import RankMetrics
 DEFAULT_RANKS: tuple[int, ...] = (1, 5, 10, 20)
 
 
-def format_rank_table(metrics: RankMetrics, ranks: Sequence[int] = DEFAULT_RANKS) -> str:
-    """Two-line table (header, values) of CMC at ``ranks``, mAP and mINP, in percent, 1 decimal."""
+def format_rank_table(metrics: RankMetrics, ranks: Sequence[int] | None = None) -> str:
+    """Two-line table (header, values) of CMC at ``ranks``, mAP and mINP, in percent, 1 decimal.
+
+    ``ranks=None`` shows the DEFAULT_RANKS that the CMC curve reaches.
+    """
     cells = [(f"R{k}", metrics.cmc[k - 1]) for k in _checked_ranks(metrics, ranks)]
     cells += [("mAP", metrics.mAP), ("mINP", metrics.mINP)]
     values = [f"{100.0 * value:.1f}" for _, value in cells]
@@ -26,7 +29,7 @@ def format_rank_table(metrics: RankMetrics, ranks: Sequence[int] = DEFAULT_RANKS
 
 
 def rank_metrics_to_dict(
-    metrics: RankMetrics, ranks: Sequence[int] = DEFAULT_RANKS
+    metrics: RankMetrics, ranks: Sequence[int] | None = None
 ) -> dict[str, float | int | list[float]]:
     """JSON-ready plain Python values, as fractions in [0, 1] (the table shows percent).
 
@@ -43,9 +46,11 @@ def rank_metrics_to_dict(
     return out
 
 
-def _checked_ranks(metrics: RankMetrics, ranks: Sequence[int]) -> list[int]:
+def _checked_ranks(metrics: RankMetrics, ranks: Sequence[int] | None) -> list[int]:
     """The ranks as ints, each within the computed CMC curve."""
     max_rank = len(metrics.cmc)
+    if ranks is None:
+        return [k for k in DEFAULT_RANKS if k <= max_rank]
     for k in ranks:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= max_rank:
             raise ValueError(

@@ -70,14 +70,17 @@ class DuATM(nn.Module):
         return self.extractor(images)
 
     @torch.inference_mode()
-    def extract_sequences(self, images: Tensor) -> Tensor:
+    def extract_sequences(self, images: Tensor, *, flip: bool = False) -> Tensor:
         """Sequences for evaluation or indexing, without autograd bookkeeping.
+
+        ``flip=True`` averages each image's sequence with its mirror image's (test-time
+        augmentation, see :meth:`ImageSequenceExtractor.mirror_averaged`).
 
         This does not switch modes: call ``model.eval()`` first, otherwise BatchNorm uses (and
         updates) batch statistics. The result is an inference tensor (no grad, not usable in
         autograd later).
         """
-        return self.extractor(images)
+        return self.extractor.mirror_averaged(images) if flip else self.extractor(images)
 
     def pairwise_distances(self, seqs: Tensor) -> Tensor:
         """(B, B) matching distances of a batch against itself (differentiable; for the triplet

@@ -42,6 +42,20 @@ class ImageSequenceExtractor(nn.Module):
         self.embed = nn.Linear(channels, dim)
 
     def forward(self, images: Tensor) -> Tensor:
+        return self._sequences(self._feature_map(images))
+
+    def mirror_averaged(self, images: Tensor) -> Tensor:
+        """Flip test-time augmentation: the mean of the image's and its mirror's sequences.
+
+        The mirror's feature map is flipped back before it is read, so element ``i * w + j`` of
+        both sequences describes the same body part; the mean is L2-normalised again to keep the
+        unit-vector contract.
+        """
+        direct = self._sequences(self._feature_map(images))
+        mirrored = self._sequences(self._feature_map(images.flip(-1)).flip(-1))
+        return F.normalize(direct + mirrored, dim=-1)
+
+    def _feature_map(self, images: Tensor) -> Tensor:
         if images.dim() != 4:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         fmap = self.backbone(images)
@@ -49,5 +63,8 @@ class ImageSequenceExtractor(nn.Module):
             raise ValueError(
                 f"backbone must return a (B, C, h, w) feature map, got {tuple(fmap.shape)}"
             )
+        return fmap
+
+    def _sequences(self, fmap: Tensor) -> Tensor:
         positions = fmap.flatten(2).transpose(1, 2)  # (B, h*w, C), row-major
         return F.normalize(self.embed(positions), dim=-1)

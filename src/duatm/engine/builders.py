@@ -1,0 +1,111 @@
+"""Objects a run is made of, built from its config: device, dataset, model and data loaders.
+
+Why one place: training, evaluation, the demo and the benchmarks must build exactly the same
+model and pipelines from the same config, or their numbers would not be comparable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from duatm.config import DuATMConfig
+from duatm.data.datasets import ReIDDataset, build_dataset
+from duatm.data.image_dataset import ImageDataset
+from duatm.data.records import ImageRecord
+from duatm.data.samplers import IdentityBatchSampler
+from duatm.data.transforms import build_test_transform, build_train_transform
+from duatm.engine.seed import worker_init_fn
+from duatm.models.duatm import DuATM
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU; other names must be usable on this machine."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r}: CUDA is not available on this machine; use cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"device={name!r}: MPS is not available on this machine; use cpu")
+    return device
+
+
+def autocast_for(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision on CUDA (bfloat16 where supported, else float16); a no-op elsewhere.
+
+    The matcher upcasts half-precision inputs to float32 itself, so only the CNN runs in half.
+    """
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def load_dataset(cfg: DuATMConfig, *, verbose: bool = True) -> ReIDDataset[Any]:
+    """The dataset named by ``data.dataset`` at ``data.root`` (prints its summary table)."""
+    return build_dataset(cfg.data.dataset, cfg.data.root, verbose=verbose)
+
+
+def build_model(cfg: DuATMConfig, num_classes: int, *, load_pretrained: bool = True) -> DuATM:
+    """The model of ``cfg.model``; ``load_pretrained=False`` skips the backbone weights (for a
+    model whose weights come from a checkpoint next)."""
+    m = cfg.model
+    return DuATM(
+        m.backbone,
+        m.dim,
+        num_classes=num_classes,
+        mode=m.mode,
+        pretrained=m.pretrained if load_pretrained else None,
+        drop_last_pool=m.drop_last_pool,
+    )
+
+
+def build_train_loader(
+    cfg: DuATMConfig, records: Sequence[ImageRecord]
+) -> tuple[DataLoader[Any], IdentityBatchSampler]:
+    """P x V identity batches with the training augmentation, and the sampler that orders them.
+
+    Call ``sampler.set_epoch(e)`` and ``loader.generator.manual_seed(...)`` before each epoch;
+    the trainer does both so that an epoch's batches and augmentations depend only on
+    (seed, epoch), which is what makes resuming exact.
+    """
+    d = cfg.data
+    transform = build_train_transform(
+        d.height, d.width, pad=d.pad, flip_prob=d.flip_prob, random_erasing=d.random_erasing
+    )
+    dataset = ImageDataset(records, transform, skip_broken=d.skip_broken_images)
+    sampler = IdentityBatchSampler(dataset.pids, d.num_identities, d.num_instances, seed=cfg.seed)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=d.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=functools.partial(worker_init_fn, rank=0),
+        generator=torch.Generator().manual_seed(cfg.seed),
+        persistent_workers=False,
+    )
+    return loader, sampler
+
+
+def build_test_loader(cfg: DuATMConfig, records: Sequence[ImageRecord]) -> DataLoader[Any]:
+    """Query or gallery images in their dataset order, without augmentation."""
+    d = cfg.data
+    dataset = ImageDataset(
+        records, build_test_transform(d.height, d.width), skip_broken=d.skip_broken_images
+    )
+    return DataLoader(
+        dataset,
+        batch_size=d.test_batch_size,
+        shuffle=False,
+        num_workers=d.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        # Its own generator: creating the iterator then draws nothing from the global RNG, so
+        # evaluating in the middle of training leaves the training random streams untouched.
+        generator=torch.Generator().manual_seed(0),
+    )

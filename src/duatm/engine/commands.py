@@ -1,0 +1,183 @@
+"""`duatm train` and `duatm evaluate`: arguments, and turning every expected failure into one line.
+
+Why here and not in cli.py: each sub-command is defined next to the code it drives, and the
+command line only lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from duatm.config import ConfigError, config_from_dict, load_config
+from duatm.data.datasets import DatasetError
+from duatm.data.transforms import ImageReadError
+from duatm.engine.builders import (
+    build_model,
+    build_test_loader,
+    load_dataset,
+    resolve_device,
+)
+from duatm.engine.checkpoint import (
+    LAST_CHECKPOINT,
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+)
+from duatm.engine.evaluator import evaluate, write_results
+from duatm.engine.trainer import Trainer, TrainingDiverged
+from duatm.metrics import NoValidQueryError
+from duatm.metrics.report import format_rank_table
+from duatm.models.backbones import PretrainedWeightsError
+
+# Failures a user can fix from the message alone: printed as one line, no traceback.
+USER_ERRORS = (
+    ConfigError,
+    CheckpointError,
+    DatasetError,
+    ImageReadError,
+    NoValidQueryError,
+    PretrainedWeightsError,
+    FileNotFoundError,
+)
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", help="dataset folder (sets data.root)")
+    parser.add_argument("--device", help='"auto", "cpu", "cuda", "cuda:N" or "mps" (sets device)')
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="config overrides, e.g. --set optim.lr=0.001 schedule.epochs=60",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    extra = [f"data.root={args.data_root}"] if args.data_root else []
+    extra += [f"device={args.device}"] if args.device else []
+    extra += [f"out_dir={args.out}"] if getattr(args, "out", None) else []
+    return [*args.overrides, *extra]
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        help="YAML file or shipped config name (market1501, dukemtmcreid, synthped); "
+        "optional with --resume CHECKPOINT",
+    )
+    parser.add_argument("--out", help="run folder for checkpoints, logs, results (sets out_dir)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        metavar="CHECKPOINT",
+        help="continue a run: from CHECKPOINT, or (no value) from last.pt in the run folder",
+    )
+    _add_common(parser)
+    parser.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``duatm train``: train (or resume) one run; exit status 0, 2 (bad input) or 3 (diverged)."""
+    return run_guarded("train", lambda: _train(args))
+
+
+def _train(args: argparse.Namespace) -> int:
+    resume: Path | None = None
+    if args.resume not in (None, "auto"):
+        resume = Path(args.resume)
+    if args.config is not None:
+        cfg = load_config(args.config, _overrides(args))
+    elif resume is not None:
+        saved = load_checkpoint(resume)["config"]
+        cfg = config_from_dict(saved, str(resume), _overrides(args))
+    else:
+        raise ConfigError("duatm train needs --config FILE (or --resume CHECKPOINT)")
+    if args.resume == "auto":
+        resume = Path(cfg.out_dir) / LAST_CHECKPOINT
+        if not resume.is_file():
+            raise FileNotFoundError(f"--resume: no {LAST_CHECKPOINT} in {cfg.out_dir} to resume")
+    trainer = Trainer(cfg, resume_from=resume, progress=not args.no_progress)
+    if trainer.epoch >= cfg.schedule.epochs:
+        print(f"{cfg.out_dir}: already trained for {trainer.epoch} epochs; nothing to do")
+        return 0
+    final = trainer.fit()
+    if final is not None:
+        print(f"\nfinal evaluation ({cfg.data.dataset}, {cfg.out_dir})\n{format_rank_table(final)}")
+    return 0
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a last.pt / best.pt of a run")
+    parser.add_argument("--flip", action="store_true", help="flip test-time augmentation")
+    parser.add_argument(
+        "--results", help="JSON file to write (default: <checkpoint>.results.json beside it)"
+    )
+    _add_common(parser)
+    parser.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``duatm evaluate``: rank metrics of a checkpoint on its dataset's query/gallery split."""
+    return run_guarded("evaluate", lambda: _evaluate(args))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    checkpoint = Path(args.checkpoint)
+    state = load_checkpoint(checkpoint)
+    overrides = _overrides(args) + (["eval.flip=true"] if args.flip else [])
+    cfg = config_from_dict(state["config"], str(checkpoint), overrides)
+    device = resolve_device(cfg.device)
+    dataset = load_dataset(cfg)
+    model = build_model(cfg, state["num_classes"], load_pretrained=False)
+    load_model_state(model, state["model"], str(checkpoint))
+    model.to(device)
+    e = cfg.eval
+    metrics, timings = evaluate(
+        model,
+        build_test_loader(cfg, dataset.query),
+        build_test_loader(cfg, dataset.gallery),
+        device,
+        flip=e.flip,
+        amp=cfg.amp and device.type == "cuda",
+        tile_mb=e.tile_mb,
+        max_rank=e.max_rank,
+        keep_same_camera=e.keep_same_camera,
+        progress=not args.no_progress,
+    )
+    results = Path(args.results) if args.results else checkpoint.with_suffix(".results.json")
+    write_results(
+        results,
+        metrics,
+        checkpoint=str(checkpoint),
+        epoch=state["epoch"],
+        dataset=cfg.data.dataset,
+        data_root=cfg.data.root,
+        flip=e.flip,
+        seconds=timings,
+    )
+    print(f"{checkpoint} (epoch {state['epoch']}) on {cfg.data.root}")
+    print(format_rank_table(metrics))
+    print(f"results written to {results}")
+    return 0
+
+
+def run_guarded(command: str, body: Callable[[], int]) -> int:
+    """Run a command's body; expected failures become one line on stderr and an exit status."""
+    try:
+        return body()
+    except USER_ERRORS as err:
+        print(f"duatm {command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except TrainingDiverged as err:
+        print(f"duatm {command}: stopped: {err}", file=sys.stderr)
+        return EXIT_DIVERGED

@@ -1,0 +1,120 @@
+"""Evaluation: query and gallery sequences, the whole DuATM distance matrix, CMC / mAP / mINP.
+
+Why separate from training: `duatm evaluate`, the trainer's periodic evaluation and the demo run
+the same steps, and a future sharded (multi-process) evaluation replaces only the extraction.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from duatm.atomic import atomic_write_text
+from duatm.engine.builders import autocast_for
+from duatm.metrics import RankMetrics, rank_metrics
+from duatm.metrics.report import rank_metrics_to_dict
+from duatm.models.duatm import DuATM
+
+RESULTS_JSON = "results.json"
+
+
+class ExtractedSequences(NamedTuple):
+    """Sequences of a query or gallery set (on the model's device) and their labels."""
+
+    sequences: Tensor  # (N, S, D) float32
+    pids: Tensor  # (N,) int64, on the CPU
+    camids: Tensor  # (N,) int64, on the CPU
+
+
+def extract(
+    model: DuATM,
+    loader: DataLoader[Any],
+    device: torch.device,
+    *,
+    flip: bool = False,
+    amp: bool = False,
+    desc: str = "extract",
+    progress: bool = True,
+) -> ExtractedSequences:
+    """Sequences of every image the loader yields, in order (the model is put in eval mode)."""
+    model.eval()
+    chunks, pids, camids = [], [], []
+    total = len(loader.dataset)  # type: ignore[arg-type]
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True)
+            with autocast_for(device, amp):
+                sequences = model.extract_sequences(images, flip=flip)
+            chunks.append(sequences.float())
+            pids.append(batch["pid"])
+            camids.append(batch["camid"])
+            bar.update(len(images))
+    if not chunks:
+        raise ValueError(f"{desc}: the loader yielded no images")
+    return ExtractedSequences(torch.cat(chunks), torch.cat(pids), torch.cat(camids))
+
+
+def distance_matrix(
+    model: DuATM, query: ExtractedSequences, gallery: ExtractedSequences, *, tile_mb: int
+) -> Tensor:
+    """The (Q, G) matcher distances on the CPU, computed in tiles of at most ``tile_mb`` MiB."""
+    with torch.inference_mode():
+        distances = model.matcher.pairwise(
+            query.sequences, gallery.sequences, max_tile_bytes=tile_mb << 20
+        )
+    return distances.cpu()
+
+
+def evaluate(
+    model: DuATM,
+    query_loader: DataLoader[Any],
+    gallery_loader: DataLoader[Any],
+    device: torch.device,
+    *,
+    flip: bool = False,
+    amp: bool = False,
+    tile_mb: int = 256,
+    max_rank: int = 50,
+    keep_same_camera: bool = False,
+    progress: bool = True,
+) -> tuple[RankMetrics, dict[str, float]]:
+    """Rank metrics of the model on a query / gallery split, and the seconds each stage took."""
+    start = time.perf_counter()
+    query = extract(
+        model, query_loader, device, flip=flip, amp=amp, desc="query", progress=progress
+    )
+    gallery = extract(
+        model, gallery_loader, device, flip=flip, amp=amp, desc="gallery", progress=progress
+    )
+    extracted = time.perf_counter()
+    distances = distance_matrix(model, query, gallery, tile_mb=tile_mb)
+    matched = time.perf_counter()
+    metrics = rank_metrics(
+        distances.numpy(),
+        query.pids.numpy(),
+        gallery.pids.numpy(),
+        query.camids.numpy(),
+        gallery.camids.numpy(),
+        max_rank=max_rank,
+        keep_same_camera=keep_same_camera,
+    )
+    timings = {
+        "extract_s": extracted - start,
+        "match_s": matched - extracted,
+        "rank_s": time.perf_counter() - matched,
+    }
+    return metrics, timings
+
+
+def write_results(path: str | Path, metrics: RankMetrics, **extra: Any) -> Path:
+    """Write the metrics (fractions in [0, 1], the full CMC curve) and ``extra`` fields as JSON."""
+    payload = {**extra, **rank_metrics_to_dict(metrics)}
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    return Path(path)

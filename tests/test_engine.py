@@ -1,0 +1,210 @@
+"""End to end on a tiny SynthPed: training, evaluation, checkpoints, exact resume, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from duatm.cli import main
+from duatm.config import DuATMConfig, load_config
+from duatm.data.datasets import Market1501
+from duatm.data.synthped import write_synthped
+from duatm.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
+from duatm.engine.trainer import Trainer, TrainingDiverged, backbone_frozen, learning_rate
+from duatm.losses import DuATMLoss, LossOutput
+
+# Small enough for seconds per run: 12 identities (6 train), 32x16 input, a 16-d tiny DenseNet.
+TINY = [
+    "model.backbone=densenet_tiny",
+    "model.pretrained=null",
+    "model.dim=16",
+    "model.drop_last_pool=true",
+    "data.height=32",
+    "data.width=16",
+    "data.num_identities=3",
+    "data.num_instances=2",
+    "data.num_workers=0",
+    "data.pad=2",
+    "data.test_batch_size=64",
+    "schedule.epochs=3",
+    "schedule.freeze_backbone_epochs=1",
+    "schedule.lr_decay_epoch=2",
+    "schedule.iters_per_epoch=3",
+    "eval.every=2",
+    "eval.max_rank=10",
+    "log_every=1",
+    "device=cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthped")
+    return write_synthped(root / "data", num_ids=12, num_cameras=3, height=32, width=16)
+
+
+@pytest.fixture(scope="module")
+def dataset(data_root: Path) -> Market1501:
+    return Market1501(data_root, verbose=False)
+
+
+def tiny_config(data_root: Path, out: Path, *extra: str) -> DuATMConfig:
+    return load_config(None, [*TINY, f"data.root={data_root}", f"out_dir={out}", *extra])
+
+
+def state_of(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_schedule_follows_the_config() -> None:
+    cfg = load_config(None, ["schedule.freeze_backbone_epochs=2", "schedule.lr_decay_epoch=3"])
+    assert [backbone_frozen(cfg, e) for e in range(4)] == [True, True, False, False]
+    assert [learning_rate(cfg, e) for e in range(4)] == pytest.approx([0.01, 0.01, 0.01, 0.001])
+
+
+def test_resumed_run_ends_with_the_same_weights(
+    data_root: Path, dataset: Market1501, tmp_path: Path
+) -> None:
+    whole = Trainer(tiny_config(data_root, tmp_path / "whole"), dataset=dataset, progress=False)
+    whole_metrics = whole.fit()
+    assert whole_metrics is not None
+
+    cfg = tiny_config(data_root, tmp_path / "split")
+    first = Trainer(cfg, dataset=dataset, progress=False)
+    assert first.fit(stop_after=2) is None
+    saved = load_checkpoint(tmp_path / "split" / LAST_CHECKPOINT)
+    assert saved["epoch"] == 2 and saved["sampler"] == {"seed": 0, "epoch": 1}
+
+    resumed = Trainer(
+        cfg, dataset=dataset, resume_from=tmp_path / "split" / LAST_CHECKPOINT, progress=False
+    )
+    assert resumed.epoch == 2 and resumed.step == first.step
+    resumed_metrics = resumed.fit()
+    assert resumed_metrics is not None
+
+    expected, got = state_of(whole), state_of(resumed)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    assert resumed_metrics.mAP == whole_metrics.mAP
+    assert (resumed_metrics.cmc == whole_metrics.cmc).all()
+
+
+def test_training_writes_the_run_folder(
+    data_root: Path, dataset: Market1501, tmp_path: Path
+) -> None:
+    cfg = tiny_config(
+        data_root,
+        tmp_path,
+        "schedule.epochs=4",
+        "schedule.freeze_backbone_epochs=0",
+    )
+    trainer = Trainer(cfg, dataset=dataset, progress=False)
+    trainer.fit()
+    for name in ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "metrics.csv"):
+        assert (tmp_path / name).is_file(), name
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1, 2, 3]
+    train = [r for r in records if r["kind"] == "train"]
+    assert len(train) == 4 * 3  # log_every=1: one record per iteration
+    assert {"total", "triplet", "decorrelation", "cross_entropy", "lr"} <= train[0].keys()
+    assert [r["lr"] for r in train[::3]] == pytest.approx([0.01, 0.01, 0.001, 0.001])
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["epoch"] for r in evals] == [2, 4]  # every 2 epochs, and after the last
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["mAP"] == pytest.approx(evals[-1]["mAP"])
+    assert 0.0 <= results["mAP"] <= 1.0 and len(results["cmc"]) == 10
+
+
+def test_frozen_backbone_does_not_change(
+    data_root: Path, dataset: Market1501, tmp_path: Path
+) -> None:
+    trainer = Trainer(tiny_config(data_root, tmp_path), dataset=dataset, progress=False)
+    before = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
+    head_before = trainer.model.extractor.embed.weight.clone()
+    trainer.fit(stop_after=1)  # epoch 0 is frozen
+    after = trainer.model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats included
+    assert not torch.equal(head_before, trainer.model.extractor.embed.weight)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    data_root: Path, dataset: Market1501, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = Trainer(tiny_config(data_root, tmp_path), dataset=dataset, progress=False)
+    trainer.fit(stop_after=1)
+    good = (tmp_path / LAST_CHECKPOINT).read_bytes()
+
+    def nan_loss(self: DuATMLoss, *args: object) -> LossOutput:
+        nan = torch.tensor(float("nan"), requires_grad=True)
+        return LossOutput(nan, nan, nan, nan)
+
+    monkeypatch.setattr(DuATMLoss, "forward", nan_loss)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, iteration 1.*after"):
+        trainer.fit()
+    assert (tmp_path / LAST_CHECKPOINT).read_bytes() == good
+    assert load_checkpoint(tmp_path / LAST_CHECKPOINT)["epoch"] == 1
+
+
+def test_cli_train_evaluate_and_resume(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = ["--data-root", str(data_root), "--out", str(out), "--no-progress", "--set", *TINY]
+    assert main(["train", "--config", "synthped", *args, "schedule.epochs=2"]) == 0
+    assert "final evaluation" in capsys.readouterr().out
+    trained = json.loads((out / "results.json").read_text())
+
+    checkpoint = out / LAST_CHECKPOINT
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "R1" in printed and "mAP" in printed
+    evaluated = json.loads(checkpoint.with_suffix(".results.json").read_text())
+    assert evaluated["mAP"] == pytest.approx(trained["mAP"], abs=1e-12)
+    assert evaluated["cmc"] == pytest.approx(trained["cmc"], abs=1e-12)
+
+    # More epochs on the same run folder: resumes after epoch 2 instead of starting over.
+    assert main(["train", "--config", "synthped", *args, "schedule.epochs=3", "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "schedule.epochs: 2 -> 3" in captured.out
+    assert load_checkpoint(checkpoint)["epoch"] == 3
+
+
+def test_cli_reports_bad_checkpoints_clearly(
+    data_root: Path, dataset: Market1501, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Trainer(tiny_config(data_root, tmp_path), dataset=dataset, progress=False).fit(stop_after=1)
+    checkpoint = tmp_path / LAST_CHECKPOINT
+
+    other = ["evaluate", "--checkpoint", str(checkpoint), "--no-progress", "--set"]
+    assert main([*other, "model.dim=8"]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit this DuATM" in err and "extractor.embed.weight" in err
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(checkpoint.read_bytes()[:1000])
+    assert main(["evaluate", "--checkpoint", str(truncated), "--no-progress"]) == 2
+    assert "truncated or not a duatm checkpoint" in capsys.readouterr().err
+
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_flip_augmentation_is_mirror_symmetric(
+    data_root: Path, dataset: Market1501, tmp_path: Path
+) -> None:
+    trainer = Trainer(tiny_config(data_root, tmp_path), dataset=dataset, progress=False)
+    model = trainer.model.eval()
+    images = torch.randn(2, 3, 32, 16)
+    seqs = model.extract_sequences(images, flip=True)
+    mirrored = model.extract_sequences(images.flip(-1), flip=True)
+    width = model.backbone(images).shape[-1]
+    # Position (r, c) of an image is position (r, width - 1 - c) of its mirror image.
+    unflipped = mirrored.unflatten(1, (-1, width)).flip(2).flatten(1, 2)
+    torch.testing.assert_close(seqs, unflipped)
+    assert torch.allclose(seqs.norm(dim=-1), torch.ones(2, seqs.shape[1]))
+    assert not torch.allclose(seqs, model.extract_sequences(images))
