@@ -1,9 +1,14 @@
 """How close `DualAttentionMatcher.pairwise` runs to the machine's matrix-multiply limit.
 
-Prints, from one run on the same inputs: pairs/s of `pairwise`, pairs/s of the naive path
-(expand the pairs and call `forward`), the fp32 matrix-multiply rate measured in this process,
-the efficiency pairs/s x 8 S^2 D / (matmul flop/s) (DESIGN §2), and the working memory of
-`pairwise` for two gallery sizes, to show it is set by the tile budget, not the gallery.
+Prints, from one run on the same inputs: pairs/s of `pairwise`; pairs/s of the naive path
+(expand the pairs and call `forward`, from one pair per call up to large batches); the fp32
+matrix-multiply rate of a big square product (the peak) and of the product the kernel issues
+per tile; the efficiency pairs/s x 8 S^2 D / peak flop/s (DESIGN §2); and the peak working
+memory of `pairwise_prepared` for two tile budgets x two gallery sizes, to show it is set by the
+tile budget, not by the gallery.
+
+Timings interleave the contenders over several rounds and keep each one's best, so that load
+from other processes hits them alike.
 
     python benchmarks/matcher.py --queries 256 --gallery 1024
 """
@@ -11,77 +16,108 @@ the efficiency pairs/s x 8 S^2 D / (matmul flop/s) (DESIGN §2), and the working
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import resource
+import ctypes
+import ctypes.util
+import gc
+import re
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from duatm.models.matching import DualAttentionMatcher
+from duatm.models.matching import (
+    DEFAULT_CPU_TILE_BYTES,
+    DEFAULT_CUDA_TILE_BYTES,
+    DualAttentionMatcher,
+    PreparedSequences,
+)
 
-
-def best_seconds(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def matmul_flops(device: torch.device, sync: Callable[[], None], repeats: int) -> float:
-    """fp32 GEMM rate on a shape like the matcher's products ((M x D) @ (D x N))."""
-    a = torch.randn(8192, 256, device=device)
-    b = torch.randn(256, 2048, device=device)
-    seconds = best_seconds(lambda: a @ b, repeats, sync)
-    return 2 * a.shape[0] * a.shape[1] * b.shape[1] / seconds
+MiB = 2**20
 
 
 def unit(n: int, length: int, dim: int, device: torch.device) -> torch.Tensor:
     return F.normalize(torch.randn(n, length, dim, device=device), dim=-1)
 
 
-def working_memory_bytes(args: argparse.Namespace, gallery: int) -> int:
-    """Peak memory of one `pairwise_prepared` call beyond its inputs and its (Q, G) output."""
-    device = torch.device(args.device)
-    matcher = DualAttentionMatcher(args.dim).to(device).eval()
-    with torch.inference_mode():
-        query = matcher.prepare(unit(args.queries, args.length, args.dim, device))
-        prepared = matcher.prepare(unit(gallery, args.length, args.dim, device))
-        output_bytes = args.queries * gallery * 4
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-            matcher.pairwise_prepared(query, prepared, max_tile_bytes=args.tile_bytes)
-            torch.cuda.synchronize()
-            return torch.cuda.max_memory_allocated() - before - output_bytes
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        matcher.pairwise_prepared(query, prepared, max_tile_bytes=args.tile_bytes)
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return max(0, after - before - output_bytes)
+def interleaved_best(
+    contenders: dict[str, Callable[[], object]], rounds: int, sync: Callable[[], None]
+) -> dict[str, float]:
+    """Best wall seconds of each contender, run in turn for ``rounds`` rounds after a warm-up."""
+    best = dict.fromkeys(contenders, float("inf"))
+    for round_ in range(rounds + 1):  # round 0 warms up and is not counted
+        for name, fn in contenders.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            if round_ > 0:
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
-def _memory_child(args: argparse.Namespace, gallery: int, queue: mp.Queue) -> None:
-    torch.manual_seed(0)
-    queue.put(working_memory_bytes(args, gallery))
+def naive_flops_per_pair(s: int, d: int) -> int:
+    """What `forward` does per pair: Eq. 1 on both sequences, four attentions (two refine, two
+    align; each two S x S x D products), against the 8 S^2 D that `pairwise` needs."""
+    return 2 * (2 * s * d * d) + 4 * (2 * 2 * s * s * d)
 
 
-def measure_in_fresh_process(args: argparse.Namespace, gallery: int) -> int:
-    """Peak RSS is process-wide and never goes down, so each size runs in its own process."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_memory_child, args=(args, gallery, queue))
-    child.start()
-    result = queue.get()
-    child.join()
-    return result
+class _ResidentMemory:
+    """Peak resident memory of a CPU call, from the kernel's high-water mark (Linux).
+
+    Free heap pages go back to the system first (glibc `malloc_trim`), so that what the call
+    allocates must become resident anew, then the high-water mark is reset to the current RSS
+    (`/proc/self/clear_refs`, "5"), and after the call it is read back (`VmHWM`).
+    """
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("c")
+        self._libc = ctypes.CDLL(name) if name else None
+        self.available = self._libc is not None and Path("/proc/self/clear_refs").exists()
+
+    @staticmethod
+    def _status_kib(field: str) -> int:
+        text = Path("/proc/self/status").read_text()
+        match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+        assert match is not None, field
+        return int(match.group(1))
+
+    def peak_growth(self, fn: Callable[[], object]) -> int:
+        gc.collect()
+        assert self._libc is not None
+        self._libc.malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+        before = self._status_kib("VmRSS")
+        fn()
+        return (self._status_kib("VmHWM") - before) * 1024
+
+
+def working_memory(
+    matcher: DualAttentionMatcher,
+    query: PreparedSequences,
+    gallery: PreparedSequences,
+    budget: int,
+    device: torch.device,
+    resident: _ResidentMemory,
+) -> float:
+    """Peak bytes a `pairwise_prepared` call holds beyond its inputs and its (Q, G) output."""
+    output_bytes = len(query) * len(gallery) * 4
+
+    def call() -> None:
+        matcher.pairwise_prepared(query, gallery, max_tile_bytes=budget)
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        call()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before - output_bytes
+    if not resident.available:
+        return float("nan")
+    return resident.peak_growth(call) - output_bytes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,58 +126,154 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gallery", type=int, default=1024)
     parser.add_argument("--length", type=int, default=32, help="sequence length S")
     parser.add_argument("--dim", type=int, default=256, help="element dimension D")
-    parser.add_argument("--naive-pairs", type=int, default=2048, help="pairs timed on the naive path")
-    parser.add_argument("--tile-bytes", type=int, default=None, help="tile budget (default: matcher's)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--naive-pairs", type=int, default=2048, help="pairs timed on the naive path"
+    )
+    parser.add_argument(
+        "--naive-chunks",
+        type=int,
+        nargs="+",
+        default=[1, 16, 256],
+        help="pairs per forward call on the naive path (1: a loop over pairs)",
+    )
+    parser.add_argument(
+        "--tile-bytes", type=int, default=None, help="tile budget (default: matcher's)"
+    )
+    parser.add_argument("--square", type=int, default=2048, help="side of the peak-rate matmul")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="timing rounds; each contender's best"
+    )
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--autocast-bf16", action="store_true", help="time pairwise under bf16 autocast")
+    parser.add_argument(
+        "--autocast-bf16", action="store_true", help="time pairwise under bf16 autocast"
+    )
+    parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    s, d = args.length, args.dim
+    s, d, num_q, num_g = args.length, args.dim, args.queries, args.gallery
+    budget = args.tile_bytes or (
+        DEFAULT_CUDA_TILE_BYTES if device.type == "cuda" else DEFAULT_CPU_TILE_BYTES
+    )
     matcher = DualAttentionMatcher(d).to(device).eval()
-    xq, xg = unit(args.queries, s, d, device), unit(args.gallery, s, d, device)
-    pairs = args.queries * args.gallery
+    xq, xg = unit(num_q, s, d, device), unit(num_g, s, d, device)
+    tile_q, tile_g = matcher.tile_shape(num_q, num_g, s, s, device, torch.float32, False, budget)
+
+    # The GEMM the kernel issues per tile and direction: (tile_g S x D) @ (D x tile_q S).
+    kernel_a = torch.randn(tile_g * s, d, device=device)
+    kernel_b = torch.randn(tile_q * s, d, device=device)
+    kernel_out = torch.empty(tile_g * s, tile_q * s, device=device)
+    square_a = torch.randn(args.square, args.square, device=device)
+    square_out = torch.empty_like(square_a)
 
     def fast() -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast_bf16):
-            return matcher.pairwise(xq, xg, max_tile_bytes=args.tile_bytes)
+            return matcher.pairwise(xq, xg, max_tile_bytes=budget)
 
-    naive_q = xq[torch.arange(args.naive_pairs, device=device) % args.queries]
-    naive_g = xg[torch.arange(args.naive_pairs, device=device) % args.gallery]
+    pair_index = torch.arange(args.naive_pairs, device=device)
+    naive_q, naive_g = pair_index // num_g % num_q, pair_index % num_g
 
-    def naive() -> None:
-        for start in range(0, args.naive_pairs, 256):
-            matcher(naive_q[start : start + 256], naive_g[start : start + 256])
+    def naive(chunk: int) -> Callable[[], None]:
+        def run() -> None:
+            for start in range(0, args.naive_pairs, chunk):
+                stop = start + chunk
+                matcher(xq[naive_q[start:stop]], xg[naive_g[start:stop]])
 
+        return run
+
+    contenders: dict[str, Callable[[], object]] = {
+        "square": lambda: torch.mm(square_a, square_a, out=square_out),
+        "kernel": lambda: torch.mm(kernel_a, kernel_b.T, out=kernel_out),
+        "pairwise": fast,
+        **{f"naive/{c}": naive(c) for c in args.naive_chunks},
+    }
     with torch.inference_mode():
-        flops_before = matmul_flops(device, sync, args.repeats)
-        fast_seconds = best_seconds(fast, args.repeats, sync)
-        naive_seconds = best_seconds(naive, 1, sync)
-        flops_after = matmul_flops(device, sync, args.repeats)
-    flops = (flops_before + flops_after) / 2
-    fast_rate, naive_rate = pairs / fast_seconds, args.naive_pairs / naive_seconds
-    efficiency = fast_rate * 8 * s * s * d / flops
+        torch.testing.assert_close(  # same numbers on the pairs both paths compute
+            matcher(xq[naive_q[:64]], xg[naive_g[:64]]),
+            fast()[naive_q[:64], naive_g[:64]],
+            atol=2e-2 if args.autocast_bf16 else 1e-5,
+            rtol=0,
+        )
+        best = interleaved_best(contenders, args.rounds, sync)
 
-    sizes = (args.gallery, 4 * args.gallery)
-    memory = {g: measure_in_fresh_process(args, g) for g in sizes}
+    peak = 2 * args.square**3 / best["square"]
+    kernel_rate = 2 * tile_g * s * d * tile_q * s / best["kernel"]
+    fast_rate = num_q * num_g / best["pairwise"]
+    naive_chunk = min(args.naive_chunks, key=lambda c: best[f"naive/{c}"])
+    naive_rate = args.naive_pairs / best[f"naive/{naive_chunk}"]
+    smallest = min(args.naive_chunks)
+    essential = 8 * s * s * d
 
-    print(f"device: {device} ({torch.get_num_threads()} threads)  S={s} D={d}  Q={args.queries} G={args.gallery}"
-          f"  autocast_bf16={args.autocast_bf16}")
-    print(f"{'measure':<44}{'value':>16}")
-    print(f"{'fp32 matmul rate (GFLOP/s)':<44}{flops / 1e9:>16.1f}")
-    print(f"{'pairwise pairs/s':<44}{fast_rate:>16,.0f}")
-    print(f"{'naive forward pairs/s':<44}{naive_rate:>16,.0f}")
-    print(f"{'speed-up over naive':<44}{fast_rate / naive_rate:>16.1f}x")
-    print(f"{'efficiency (pairs/s * 8 S^2 D / flop/s)':<44}{efficiency:>16.2f}")
-    for g, nbytes in memory.items():
-        print(f"{f'working memory, G={g} (MiB)':<44}{nbytes / 2**20:>16.1f}")
+    print(
+        f"device: {device} ({torch.get_num_threads()} threads)  S={s} D={d}  Q={num_q} G={num_g}  "
+        f"tile budget {budget / MiB:g} MiB = {tile_q} x {tile_g} items  "
+        f"autocast_bf16={args.autocast_bf16}  best of {args.rounds} interleaved rounds"
+    )
+    rows = [
+        (f"fp32 matmul, {args.square}^3 square = peak (GFLOP/s)", f"{peak / 1e9:.1f}"),
+        (
+            f"fp32 matmul, kernel shape {tile_g * s}x{d}x{tile_q * s} (GFLOP/s)",
+            f"{kernel_rate / 1e9:.1f}",
+        ),
+        ("pairwise pairs/s", f"{fast_rate:,.0f}"),
+        ("pairwise GFLOP/s (8 S^2 D per pair)", f"{fast_rate * essential / 1e9:.1f}"),
+        ("efficiency vs peak (pairs/s * 8 S^2 D / peak)", f"{fast_rate * essential / peak:.2f}"),
+        ("efficiency vs kernel-shape matmul", f"{fast_rate * essential / kernel_rate:.2f}"),
+        *(
+            (
+                f"naive forward pairs/s, {c} pairs per call",
+                f"{args.naive_pairs / best[f'naive/{c}']:,.0f}",
+            )
+            for c in args.naive_chunks
+        ),
+        (
+            f"naive GFLOP/s at {naive_chunk} pairs per call "
+            f"({naive_flops_per_pair(s, d) / 1e6:.1f} MFLOP per pair)",
+            f"{naive_rate * naive_flops_per_pair(s, d) / 1e9:.1f}",
+        ),
+        ("speed-up over the fastest naive call", f"{fast_rate / naive_rate:.1f}x"),
+        (
+            "  (bound at equal GEMM rates: naive flops / 8 S^2 D)",
+            f"{naive_flops_per_pair(s, d) / essential:.1f}x",
+        ),
+        (
+            f"speed-up over {smallest} pair(s) per call",
+            f"{fast_rate * best[f'naive/{smallest}'] / args.naive_pairs:.1f}x",
+        ),
+    ]
+    if not args.skip_memory:
+        resident = _ResidentMemory()
+        with torch.inference_mode():
+            prepared_q = matcher.prepare(xq)
+            for tile_budget in (budget, 4 * budget):
+                for gallery in (num_g, 4 * num_g):
+                    prepared_g = matcher.prepare(unit(gallery, s, d, device))
+                    shape = matcher.tile_shape(
+                        num_q, gallery, s, s, device, torch.float32, False, tile_budget
+                    )
+                    nbytes = working_memory(
+                        matcher, prepared_q, prepared_g, tile_budget, device, resident
+                    )
+                    del prepared_g
+                    rows.append(
+                        (
+                            f"working memory, budget {tile_budget / MiB:g} MiB "
+                            f"({shape[0]}x{shape[1]}), G={gallery} (MiB)",
+                            f"{nbytes / MiB:.1f}",
+                        )
+                    )
+    width = max(len(name) for name, _ in rows) + 2
+    print(f"{'measure':<{width}}{'value':>12}")
+    for name, value in rows:
+        print(f"{name:<{width}}{value:>12}")
     return 0
 
 

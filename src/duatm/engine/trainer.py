@@ -119,6 +119,7 @@ class Trainer:
         )
         self.epoch = 0  # the next epoch to run
         self.step = 0  # optimiser steps taken
+        self.iteration = 0  # within the current epoch, for messages
         self.seconds = 0.0  # wall time spent in training and evaluation, over all sessions
         self.best: dict[str, float | int] | None = None  # {"mAP": ..., "epoch": ...}
         if checkpoint is not None:
@@ -216,7 +217,8 @@ class Trainer:
         )
         iteration = -1
         for iteration, batch in enumerate(bar):
-            terms = self._train_step(batch, epoch, iteration)
+            self.iteration = iteration
+            terms = self.train_step(batch)
             for name, value in terms.items():
                 sums[name] += value
             size = len(batch["pid"])
@@ -255,7 +257,11 @@ class Trainer:
         )
         self.epoch += 1
 
-    def _train_step(self, batch: dict[str, Any], epoch: int, iteration: int) -> dict[str, float]:
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One optimiser step on a batch (``image``, ``pid``); returns the loss terms as floats.
+
+        Raises TrainingDiverged, before touching the weights, when the loss is not finite.
+        """
         images = batch["image"].to(self.device, non_blocking=True)
         pids = batch["pid"].to(self.device, non_blocking=True)
         with autocast_for(self.device, self.amp):
@@ -274,7 +280,8 @@ class Trainer:
                 else "no checkpoint was written yet"
             )
             raise TrainingDiverged(
-                f"loss became {terms['total']} at epoch {epoch + 1}, iteration {iteration + 1} "
+                f"loss became {terms['total']} at epoch {self.epoch + 1}, "
+                f"iteration {self.iteration + 1} "
                 f"(terms: {terms}); stopping without saving, {kept}. Try a lower optim.lr."
             )
         self.optimizer.zero_grad(set_to_none=True)

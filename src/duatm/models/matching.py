@@ -6,11 +6,11 @@ Two entry points compute the same distance:
   vectors). It is the readable reference and what a naive evaluation would run per pair.
 * ``pairwise(xq, xg)`` evaluates every query x gallery pair the way DESIGN §2 prescribes:
   the work that depends on one item (filter ``q``, intra-refined ``xbar``, Gram matrix) is done
-  once per item by :meth:`DualAttentionMatcher.prepare`; the pair work is two batched matrix
-  products per tile and direction, and the aligned vectors are never formed, because with
+  once per item by :meth:`DualAttentionMatcher.prepare`; the pair work is two matrix products
+  per tile and direction, and the aligned vectors are never formed, because with
   ``P = softmax(q_a X_b^T)``::
 
-      ||xbar_a^i - P_i X_b||^2 = ||xbar_a^i||^2 - 2 P_i (X_b xbar_a^i) + P_i G_b P_i^T
+      ||xbar_a^i - P_i X_b||^2 = ||xbar_a^i||^2 + P_i (G_b P_i^T - 2 X_b xbar_a^i)
 
   where ``G_b = X_b X_b^T``. Tiles of the query x gallery grid keep memory under a budget.
 """
@@ -25,12 +25,17 @@ from torch import Tensor, nn
 
 MATCHER_MODES = ("dual", "intra", "inter", "avgpool")
 
+# The pairwise softmax runs in base 2 (exp2 is about twice as fast as exp on CPU), so the
+# prepared filter vectors carry this factor: 2^(log2(e) q.x) = e^(q.x).
+_LOG2E = math.log2(math.e)
+
 # Below this squared distance the square root is clamped: the expansion above cancels
 # to rounding noise for (near-)identical sequences, and sqrt's gradient at 0 is infinite.
 _MIN_SQUARED_DISTANCE = 1e-12
 
-# Default tile budgets: a few MiB keep a CPU tile in cache; a GPU wants large launches.
-DEFAULT_CPU_TILE_BYTES = 16 * 2**20
+# Default tile budgets: a CPU tile's two product buffers should stay in the last-level cache
+# (8 MiB is 32 x 32 items at S = 32 in float32); a GPU wants large launches.
+DEFAULT_CPU_TILE_BYTES = 8 * 2**20
 DEFAULT_CUDA_TILE_BYTES = 1 * 2**30
 
 
@@ -38,17 +43,21 @@ DEFAULT_CUDA_TILE_BYTES = 1 * 2**30
 class PreparedSequences:
     """Per-item tensors that ``pairwise`` reuses for every pair an item takes part in.
 
-    ``x`` (N, S, D) are the sequences; ``query`` (N, S, D) the filtered vectors of Eq. 1;
-    ``reference`` (N, S, D) the vectors each element is compared from (``xbar`` for dual and
-    intra, ``x`` for inter); ``gram`` (N, S, S) is ``x x^T``; ``reference_sqnorm`` (N, S).
-    Fields a mode does not use are ``None``.
+    ``x`` (N, S, D) are the sequences; ``scaled_query`` (N, S, D) the filtered vectors of Eq. 1
+    times log2(e), so that their logits feed exp2; ``reference`` (N, S, D) the vectors each
+    element is compared from (``xbar`` for dual and intra, ``x`` for inter); ``gram`` (N, S, S)
+    is ``x x^T`` and ``reference_sqnorm`` (N, S), both in the accumulation dtype;
+    ``max_query_norm`` and ``max_x_norm`` (N,) are each item's largest element norms of
+    ``scaled_query`` and ``x``, which bound its logits. Fields a mode does not use are ``None``.
     """
 
     x: Tensor
-    query: Tensor | None = None
+    scaled_query: Tensor | None = None
     reference: Tensor | None = None
     gram: Tensor | None = None
     reference_sqnorm: Tensor | None = None
+    max_query_norm: Tensor | None = None
+    max_x_norm: Tensor | None = None
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -58,7 +67,15 @@ class PreparedSequences:
         return PreparedSequences(*(None if t is None else t[start:stop] for t in self._tensors()))
 
     def _tensors(self) -> tuple[Tensor | None, ...]:
-        return (self.x, self.query, self.reference, self.gram, self.reference_sqnorm)
+        return (
+            self.x,
+            self.scaled_query,
+            self.reference,
+            self.gram,
+            self.reference_sqnorm,
+            self.max_query_norm,
+            self.max_x_norm,
+        )
 
 
 def _accumulation_dtype(t: Tensor) -> torch.dtype:
@@ -68,6 +85,11 @@ def _accumulation_dtype(t: Tensor) -> torch.dtype:
 
 def _safe_sqrt(squared: Tensor) -> Tensor:
     return squared.clamp_min(_MIN_SQUARED_DISTANCE).sqrt()
+
+
+def _max_norm(x: Tensor) -> Tensor:
+    """(N, S, D) -> (N,): each item's largest element norm, in the accumulation dtype."""
+    return torch.linalg.vector_norm(x.to(_accumulation_dtype(x)), dim=-1).amax(-1)
 
 
 def _check_sequences(name: str, x: Tensor, dim: int) -> None:
@@ -125,13 +147,17 @@ class DualAttentionMatcher(nn.Module):
             return PreparedSequences(x)
         (query,) = self._filter(x)
         reference = x if self.mode == "inter" else self._attend(query, x)
-        gram = None if self.mode == "intra" else x @ x.transpose(1, 2)
+        dtype = _accumulation_dtype(reference)
+        scaled_query = query * _LOG2E
+        gram = None if self.mode == "intra" else (x @ x.transpose(1, 2)).to(dtype)
         return PreparedSequences(
             x=x,
-            query=query,
+            scaled_query=scaled_query,
             reference=reference,
             gram=gram,
-            reference_sqnorm=reference.to(_accumulation_dtype(reference)).square().sum(-1),
+            reference_sqnorm=reference.to(dtype).square().sum(-1),
+            max_query_norm=_max_norm(scaled_query.detach()),
+            max_x_norm=_max_norm(x.detach()),
         )
 
     # ----------------------------------------------------------------- aligned pairs
@@ -188,47 +214,74 @@ class DualAttentionMatcher(nn.Module):
                 f"mode 'intra' needs equal sequence lengths; got {len_q} (query) and {len_g} (gallery)"
             )
         grad = torch.is_grad_enabled()
-        tile_q, tile_g = self._tile_shape(num_q, num_g, len_q, len_g, query.x, grad, max_tile_bytes)
-        out = torch.empty(num_q, num_g, device=query.x.device, dtype=_accumulation_dtype(query.x))
+        dtype = _accumulation_dtype(query.x)
+        tile_q, tile_g = self.tile_shape(
+            num_q, num_g, len_q, len_g, query.x.device, dtype, grad, max_tile_bytes
+        )
+        out = torch.empty(num_q, num_g, device=query.x.device, dtype=dtype)
+        attends = self.mode in ("dual", "inter")
+        # Without autograd both directions of every tile reuse one pair of product buffers.
+        workspace = (
+            torch.empty(2, tile_q * len_q * tile_g * len_g, device=query.x.device, dtype=dtype)
+            if attends and not grad
+            else None
+        )
+        shift = attends and _logits_may_overflow(query, gallery, dtype)
         for q0 in range(0, num_q, tile_q):
             q_tile = query.slice(q0, q0 + tile_q)
             for g0 in range(0, num_g, tile_g):
                 g_tile = gallery.slice(g0, g0 + tile_g)
-                out[q0 : q0 + tile_q, g0 : g0 + tile_g] = self._tile_distances(q_tile, g_tile, grad)
+                out[q0 : q0 + tile_q, g0 : g0 + tile_g] = self._tile_distances(
+                    q_tile, g_tile, workspace, shift
+                )
         return out
 
-    def _tile_shape(
+    def tile_shape(
         self,
         num_q: int,
         num_g: int,
         len_q: int,
         len_g: int,
-        like: Tensor,
+        device: torch.device,
+        dtype: torch.dtype,
         grad: bool,
-        max_tile_bytes: int | None,
+        max_tile_bytes: int | None = None,
     ) -> tuple[int, int]:
-        """Largest near-square tile whose temporaries fit the byte budget."""
+        """(query items, gallery items) of the largest near-square tile whose temporaries fit
+        the byte budget; public so that callers can see how ``pairwise`` will split the grid."""
         if max_tile_bytes is None:
-            max_tile_bytes = DEFAULT_CUDA_TILE_BYTES if like.is_cuda else DEFAULT_CPU_TILE_BYTES
-        # Floats alive per pair: dual/inter hold a (2 Sq Sg) product and an (Sq Sg) Gram
-        # product per direction; autograd keeps both directions' intermediates.
-        per_pair = {"avgpool": 1, "intra": len_q}.get(self.mode, 3 * len_q * len_g)
-        bytes_per_pair = 4 * per_pair * (4 if grad else 1)
+            max_tile_bytes = (
+                DEFAULT_CUDA_TILE_BYTES if device.type == "cuda" else DEFAULT_CPU_TILE_BYTES
+            )
+        # Values alive per pair: dual/inter write the logits and cross products (Sq Sg each)
+        # into the shared workspace; autograd instead keeps about five such arrays per
+        # direction. Intra holds the positionwise dot products and squared distances.
+        if self.mode == "avgpool":
+            per_pair = 1
+        elif self.mode == "intra":
+            per_pair = 2 * len_q
+        else:
+            per_pair = (10 if grad else 2) * len_q * len_g
+        bytes_per_pair = per_pair * (torch.finfo(dtype).bits // 8)
         pairs = max(1, max_tile_bytes // bytes_per_pair)
         tile_q = min(num_q, max(1, math.isqrt(pairs)))
         tile_g = min(num_g, max(1, pairs // tile_q))
         return tile_q, tile_g
 
     def _tile_distances(
-        self, query: PreparedSequences, gallery: PreparedSequences, grad: bool
+        self,
+        query: PreparedSequences,
+        gallery: PreparedSequences,
+        workspace: Tensor | None,
+        shift: bool,
     ) -> Tensor:
         if self.mode == "avgpool":
             return _euclidean(query.x.mean(1), gallery.x.mean(1))
         if self.mode == "intra":
             return _positionwise_distance(query, gallery)
-        forward = _directed_distance(query, gallery, inplace=not grad)
-        backward = _directed_distance(gallery, query, inplace=not grad)
-        return forward / 2 + backward.T / 2
+        forward = _directed_distance(query, gallery, workspace, shift)  # (Ng, Nq)
+        backward = _directed_distance(gallery, query, workspace, shift)  # (Nq, Ng)
+        return forward.T / 2 + backward / 2
 
 
 def _euclidean(a: Tensor, b: Tensor) -> Tensor:
@@ -251,33 +304,74 @@ def _positionwise_distance(query: PreparedSequences, gallery: PreparedSequences)
     return _safe_sqrt(sq).mean(0)
 
 
+def _logits_may_overflow(
+    query: PreparedSequences, gallery: PreparedSequences, dtype: torch.dtype
+) -> bool:
+    """Whether some base-2 logit |q'.x| of a pair may exceed half the exponent range of dtype.
+
+    Below that bound (Cauchy-Schwarz: |q'.x| <= ||q'|| ||x||) exp2 of the raw logits neither
+    overflows nor loses a term that matters next to the largest one (float32: 2^+-64 against
+    2^-126), so the softmax can skip its max shift, a full pass over the logits.
+    """
+    if len(query) == 0 or len(gallery) == 0:
+        return False
+    assert query.max_query_norm is not None and query.max_x_norm is not None
+    assert gallery.max_query_norm is not None and gallery.max_x_norm is not None
+    bound = torch.maximum(
+        query.max_query_norm.max() * gallery.max_x_norm.max(),
+        gallery.max_query_norm.max() * query.max_x_norm.max(),
+    )
+    _, max_exponent = math.frexp(torch.finfo(dtype).max)
+    return bool(bound > max_exponent // 2)
+
+
+def _products(other: Tensor, anchor: Tensor, out: Tensor | None) -> Tensor:
+    """``other @ anchor.T`` in the accumulation dtype, written into ``out`` when one is given."""
+    if out is None:
+        product = other @ anchor.T
+        return product.to(_accumulation_dtype(product))
+    if other.dtype == anchor.dtype == out.dtype and not torch.is_autocast_enabled(out.device.type):
+        return torch.mm(other, anchor.T, out=out)
+    return out.copy_(other @ anchor.T)  # autocast: the product in half precision, then upcast
+
+
 def _directed_distance(
-    anchor: PreparedSequences, other: PreparedSequences, *, inplace: bool
+    anchor: PreparedSequences, other: PreparedSequences, workspace: Tensor | None, shift: bool
 ) -> Tensor:
-    """mean_i d_a^i for every (anchor a, other b) pair -> (Na, Nb).
+    """mean_i d_a^i for every (other b, anchor a) pair -> (Nb, Na).
 
     d_a^i = ||ref_a^i - sum_n P_in x_b^n||, P = softmax_n(q_a^i . x_b^n). The products are laid
-    out (Nb, Na*Sa, Sb) so that the softmax runs over the contiguous last axis and the Gram term
-    is one batched product; ``inplace`` reuses buffers when no gradient is needed.
+    out (Nb, Sb, Na*Sa): each is one large GEMM, the softmax and the row sums run down axis 1
+    with the anchor rows as the long contiguous axis (vectorised, no horizontal reductions), and
+    the Gram term is one batched product fused with the cross term. With a ``workspace`` (no
+    autograd) everything happens in place in its two buffers. ``shift`` subtracts each softmax
+    row's max first, needed only where the logits may overflow exp2.
     """
-    assert anchor.query is not None and anchor.reference is not None
+    assert anchor.scaled_query is not None and anchor.reference is not None
     assert anchor.reference_sqnorm is not None and other.gram is not None
     num_a, len_a, dim = anchor.x.shape
-    rows = torch.cat([anchor.query.reshape(-1, dim), anchor.reference.reshape(-1, dim)])
-    products = torch.matmul(rows, other.x.transpose(1, 2))  # (Nb, 2*Na*Sa, Sb)
-    products = products.to(_accumulation_dtype(products))
-    logits, cross = products.split(num_a * len_a, dim=1)
-    shift = logits.amax(-1, keepdim=True)
-    if inplace:
-        weights = logits.sub_(shift).exp_()  # unnormalised softmax numerators
-        cross_term = cross.mul_(weights).sum(-1)
-        gram_term = torch.bmm(weights, other.gram.to(weights.dtype)).mul_(weights).sum(-1)
+    num_b, len_b = other.x.shape[:2]
+    rows = num_a * len_a
+    if workspace is None:
+        buffers: tuple[Tensor | None, Tensor | None] = (None, None)
     else:
-        weights = (logits - shift.detach()).exp()
-        cross_term = (cross * weights).sum(-1)
-        gram_term = (torch.bmm(weights, other.gram.to(weights.dtype)) * weights).sum(-1)
-    norm = weights.sum(-1)
-    squared = (
-        anchor.reference_sqnorm.reshape(1, -1) - 2 * cross_term / norm + gram_term / norm.square()
-    )
-    return _safe_sqrt(squared).view(-1, num_a, len_a).mean(-1).T
+        size = num_b * len_b * rows
+        buffers = (workspace[0, :size].view(-1, rows), workspace[1, :size].view(-1, rows))
+    other_x = other.x.reshape(-1, dim)
+    logits = _products(other_x, anchor.scaled_query.reshape(-1, dim), buffers[0])
+    cross = _products(other_x, anchor.reference.reshape(-1, dim), buffers[1])
+    logits, cross = logits.view(num_b, len_b, rows), cross.view(num_b, len_b, rows)
+    if workspace is not None:
+        if shift:
+            logits.sub_(logits.amax(1, keepdim=True))
+        weights = logits.exp2_()
+        weights = weights.div_(weights.sum(1, keepdim=True))
+        terms = cross.baddbmm_(other.gram, weights, beta=-2).mul_(weights)
+    else:
+        if shift:
+            logits = logits - logits.amax(1, keepdim=True).detach()
+        weights = logits.exp2()
+        weights = weights / weights.sum(1, keepdim=True)
+        terms = torch.baddbmm(cross, other.gram, weights, beta=-2) * weights
+    squared = terms.sum(1) + anchor.reference_sqnorm.reshape(1, rows)
+    return _safe_sqrt(squared).view(num_b, num_a, len_a).mean(-1)
