@@ -14,6 +14,7 @@ venv: $(BIN)/activate
 
 test: venv
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/pytest
 
 demo: venv

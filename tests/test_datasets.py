@@ -23,7 +23,7 @@ from duatm.data.datasets import (
 )
 from duatm.data.image_dataset import ImageDataset
 from duatm.data.records import ImageRecord, TrackletRecord
-from duatm.data.transforms import ImageReadError, build_test_transform
+from duatm.data.transforms import ImageReadError, build_test_transform, build_train_transform
 
 MARKET_FILES = {
     "bounding_box_train": [
@@ -421,3 +421,37 @@ def test_image_dataset_skip_broken_reports_count(
 def test_image_dataset_rejects_tracklets() -> None:
     with pytest.raises(TypeError, match="item 0 is TrackletRecord"):
         ImageDataset([TrackletRecord(("a.jpg",), 0, 0)], build_test_transform(8, 4))
+
+
+def test_cached_images_give_the_same_tensors_as_decoding(tmp_path: Path) -> None:
+    paths = [tmp_path / f"img{i}.jpg" for i in range(3)]
+    for path in paths:
+        noise_jpeg(path)
+    records = [ImageRecord(str(p), i, 0) for i, p in enumerate(paths)]
+    test = build_test_transform(16, 8)
+    cached = ImageDataset(records, test, cache=True)
+    assert cached.cached is not None
+    assert cached.cached.shape == (3, 3, 16, 8) and cached.cached.dtype == torch.uint8
+    for i in range(3):
+        assert torch.equal(cached[i]["image"], ImageDataset(records, test)[i]["image"])
+    # The random augmentation draws the same numbers whether or not the pixels were cached.
+    train = build_train_transform(16, 8, pad=3, flip_prob=0.5, random_erasing=0.5)
+    torch.manual_seed(7)
+    from_cache = [ImageDataset(records, train, cache=True)[i]["image"] for i in range(3)]
+    torch.manual_seed(7)
+    from_disk = [ImageDataset(records, train)[i]["image"] for i in range(3)]
+    for a, b in zip(from_cache, from_disk, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_cache_fails_on_broken_file_or_skips_it(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
+    noise_jpeg(good)
+    noise_jpeg(bad)
+    truncate(bad)
+    records = [ImageRecord(str(good), 0, 0), ImageRecord(str(bad), 1, 0)]
+    with pytest.raises(ImageReadError, match=re.escape(f"cannot read image {bad}")):
+        ImageDataset(records, build_test_transform(8, 4), cache=True)
+    ds = ImageDataset(records, build_test_transform(8, 4), cache=True, skip_broken=True)
+    assert ds.pids == [0] and [s.path for s in ds.skipped] == [str(bad)]
+    assert ds.cached is not None and ds.cached.shape == (1, 3, 8, 4)

@@ -13,6 +13,7 @@ from duatm.config import DuATMConfig, load_config
 from duatm.data.datasets import Market1501
 from duatm.data.synthped import write_synthped
 from duatm.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
+from duatm.engine.demo import DEMO_JSON, DemoRow, run_demo, verdict
 from duatm.engine.trainer import Trainer, TrainingDiverged, backbone_frozen, learning_rate
 from duatm.losses import DuATMLoss, LossOutput
 
@@ -208,3 +209,32 @@ def test_flip_augmentation_is_mirror_symmetric(
     torch.testing.assert_close(seqs, unflipped)
     assert torch.allclose(seqs.norm(dim=-1), torch.ones(2, seqs.shape[1]))
     assert not torch.allclose(seqs, model.extract_sequences(images))
+
+
+def test_demo_trains_both_models_and_reuses_finished_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny = [o for o in TINY if not o.startswith("schedule.freeze")]
+    overrides = [*tiny, "schedule.epochs=1", "schedule.lr_decay_epoch=1", "eval.every=1"]
+    rows = run_demo(tmp_path, overrides=overrides, num_ids=8, progress=False)
+    assert [(r.model, r.mode) for r in rows] == [("DuATM (dual)", "dual"), ("AvePool", "avgpool")]
+    saved = json.loads((tmp_path / DEMO_JSON).read_text())
+    for row, mode in zip(saved["rows"], ("dual", "avgpool"), strict=True):
+        results = json.loads((tmp_path / mode / "results.json").read_text())
+        assert (row["r1"], row["mAP"]) == (results["R1"], results["mAP"])
+    assert saved["table"].splitlines()[-1] == verdict(*rows)
+    # A second call finds both runs finished and reports the same numbers without training.
+    capsys.readouterr()
+    assert run_demo(tmp_path, overrides=overrides, num_ids=8, progress=False) == rows
+    assert capsys.readouterr().out.count("resuming from") == 2
+
+
+def test_demo_verdict_names_the_margins() -> None:
+    duatm = DemoRow("DuATM", "dual", r1=0.40, r5=0.6, mAP=0.30, train_seconds=1.0)
+    avgpool = DemoRow("AvePool", "avgpool", r1=0.35, r5=0.6, mAP=0.32, train_seconds=1.0)
+    assert verdict(duatm, avgpool) == (
+        "DuATM is NOT ahead of AvePool in both R1 and mAP: R1 +5.0, mAP -2.0 points."
+    )
+    assert verdict(duatm, avgpool._replace(mAP=0.25)) == (
+        "DuATM is ahead of AvePool: R1 +5.0, mAP +5.0 points."
+    )

@@ -64,6 +64,7 @@ class DataConfig:
     random_erasing: float = 0.0  # probability of random erasing (0 = off, as in the paper)
     test_batch_size: int = 64  # images per batch when extracting query/gallery sequences
     skip_broken_images: bool = False  # drop unreadable images with a warning instead of failing
+    cache_images: bool = False  # decode + resize every image once and keep it in memory (uint8)
 
 
 @dataclass

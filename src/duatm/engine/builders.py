@@ -79,7 +79,9 @@ def build_train_loader(
     transform = build_train_transform(
         d.height, d.width, pad=d.pad, flip_prob=d.flip_prob, random_erasing=d.random_erasing
     )
-    dataset = ImageDataset(records, transform, skip_broken=d.skip_broken_images)
+    dataset = ImageDataset(
+        records, transform, skip_broken=d.skip_broken_images, cache=d.cache_images
+    )
     sampler = IdentityBatchSampler(dataset.pids, d.num_identities, d.num_instances, seed=cfg.seed)
     loader = DataLoader(
         dataset,
@@ -97,7 +99,10 @@ def build_test_loader(cfg: DuATMConfig, records: Sequence[ImageRecord]) -> DataL
     """Query or gallery images in their dataset order, without augmentation."""
     d = cfg.data
     dataset = ImageDataset(
-        records, build_test_transform(d.height, d.width), skip_broken=d.skip_broken_images
+        records,
+        build_test_transform(d.height, d.width),
+        skip_broken=d.skip_broken_images,
+        cache=d.cache_images,
     )
     return DataLoader(
         dataset,

@@ -94,7 +94,18 @@ def format_demo_table(rows: list[DemoRow]) -> str:
         f"| {r.train_seconds / 60:.1f} min |"
         for r in rows
     ]
+    if len(rows) == 2:
+        lines += ["", verdict(*rows)]
     return "\n".join(lines)
+
+
+def verdict(model: DemoRow, baseline: DemoRow) -> str:
+    """One line saying whether ``model`` beat ``baseline`` in R1 and mAP, with the margins."""
+    d_r1, d_map = 100 * (model.r1 - baseline.r1), 100 * (model.mAP - baseline.mAP)
+    margins = f"R1 {d_r1:+.1f}, mAP {d_map:+.1f} points"
+    if d_r1 > 0 and d_map > 0:
+        return f"{model.model} is ahead of {baseline.model}: {margins}."
+    return f"{model.model} is NOT ahead of {baseline.model} in both R1 and mAP: {margins}."
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,165 @@
+"""Training and extraction throughput of the whole pipeline against the bare backbone.
+
+Why: everything DuATM adds around the CNN (data loading and augmentation, the FC layer, the B x B
+matcher with gradients, three losses, the optimiser step; batching and inference mode for
+extraction) should cost little next to the CNN itself. This prints, per input size, in one
+process and on the same data:
+
+* training images/s of `Trainer.train_step` fed by the training DataLoader (loading included),
+  and on one fixed batch (model, matcher, losses and optimiser only), against forward +
+  backward images/s of the bare backbone on one fixed batch of the same size;
+* extraction images/s of `duatm.engine.evaluator.extract` over a DataLoader (loading included),
+  against inference-mode forward images/s of the bare backbone on one fixed batch.
+
+    .venv/bin/python benchmarks/pipeline.py                       # paper (256x128) and demo sizes
+    .venv/bin/python benchmarks/pipeline.py --sizes demo --iters 20
+
+The data is a SynthPed written to a temporary folder at 256x128 (the loaders resize it).
+Targets: training >= 0.85 of the bare backbone, extraction >= 0.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from duatm.config import DuATMConfig, load_config
+from duatm.data.datasets import Market1501
+from duatm.data.synthped import write_synthped
+from duatm.engine.builders import build_test_loader
+from duatm.engine.evaluator import extract
+from duatm.engine.trainer import Trainer
+
+# name -> (shipped config, overrides): the paper's image model and the demo's.
+SIZES: dict[str, tuple[str, list[str]]] = {
+    "paper": ("market1501", ["model.pretrained=null"]),
+    "demo": ("synthped", []),
+}
+
+
+def best_rate(run: Callable[[], int], repeats: int) -> float:
+    """Items per second of the fastest of ``repeats`` calls (each returns its item count)."""
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        items = run()
+        best = max(best, items / (time.perf_counter() - start))
+    return best
+
+
+def measure(cfg: DuATMConfig, dataset: Market1501, iters: int, repeats: int) -> dict[str, float]:
+    trainer = Trainer(cfg, dataset=dataset, progress=False)
+    model, device = trainer.model, trainer.device
+    trainer.model.unfreeze_backbone()  # the end-to-end stage: the backbone trains too
+    model.train()
+    batch_size = trainer.sampler.batch_size
+    images = torch.randn(batch_size, 3, cfg.data.height, cfg.data.width, device=device)
+    backbone = model.backbone
+
+    def bare_train() -> int:
+        for _ in range(iters):
+            backbone(images).sum().backward()
+        return iters * batch_size
+
+    def pipeline_train() -> int:
+        seen = 0
+        batches = iter(trainer.train_loader)
+        for _ in range(iters):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                batches = iter(trainer.train_loader)
+                batch = next(batches)
+            trainer.train_step(batch)
+            seen += len(batch["pid"])
+        return seen
+
+    fixed_batch = next(iter(trainer.train_loader))
+
+    def fixed_train() -> int:
+        for _ in range(iters):
+            trainer.train_step(fixed_batch)
+        return iters * batch_size
+
+    test_images = torch.randn(cfg.data.test_batch_size, 3, cfg.data.height, cfg.data.width)
+    loader = build_test_loader(cfg, dataset.gallery[: cfg.data.test_batch_size * iters])
+
+    def bare_forward() -> int:
+        model.eval()
+        with torch.inference_mode():
+            for _ in range(iters):
+                backbone(test_images.to(device))
+        return iters * len(test_images)
+
+    def pipeline_extract() -> int:
+        return len(extract(model, loader, device, progress=False).pids)
+
+    bare_train()  # warm-up: allocator, kernels, lazy initialisation
+    pipeline_train()
+    return {
+        "train": best_rate(pipeline_train, repeats),
+        "fixed_train": best_rate(fixed_train, repeats),
+        "bare_train": best_rate(bare_train, repeats),
+        "extract": best_rate(pipeline_extract, repeats),
+        "bare_forward": best_rate(bare_forward, repeats),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["paper", "demo"])
+    parser.add_argument("--iters", type=int, default=5, help="batches per timed run")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best is kept")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="DataLoader processes (default: the config's)"
+    )
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_synthped(Path(tmp) / "synthped", num_ids=40, num_cameras=4, workers=2)
+        dataset = Market1501(root, verbose=False)
+        rows = []
+        for name in args.sizes:
+            config, overrides = SIZES[name]
+            cfg = load_config(
+                config,
+                [
+                    *overrides,
+                    f"data.root={root}",
+                    *([] if args.workers is None else [f"data.num_workers={args.workers}"]),
+                    f"device={args.device}",
+                    f"out_dir={tmp}/{name}",
+                ],
+            )
+            rates = measure(cfg, dataset, args.iters, args.repeats)
+            rows.append((name, cfg, rates))
+    print(
+        f"device {args.device}, {args.threads} threads, "
+        f"{args.iters} batches per timed run, best of {args.repeats}"
+    )
+    print(
+        "| size | model | train img/s | train, one fixed batch | bare fwd+bwd img/s | ratio | "
+        "extract img/s | bare fwd img/s | ratio |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, cfg, r in rows:
+        model = (
+            f"{cfg.model.backbone} D={cfg.model.dim}, {cfg.data.height}x{cfg.data.width}, "
+            f"{cfg.data.num_workers} workers{', cached' if cfg.data.cache_images else ''}"
+        )
+        print(
+            f"| {name} | {model} | {r['train']:.1f} | {r['fixed_train']:.1f} | {r['bare_train']:.1f} "
+            f"| {r['train'] / r['bare_train']:.2f} | {r['extract']:.1f} "
+            f"| {r['bare_forward']:.1f} | {r['extract'] / r['bare_forward']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
