@@ -32,6 +32,7 @@ from duatm.config import DuATMConfig, load_config
 from duatm.data.datasets import Market1501
 from duatm.data.synthped import write_synthped
 from duatm.engine.builders import build_test_loader
+from duatm.engine.commands import add_overrides_argument
 from duatm.engine.evaluator import extract
 from duatm.engine.trainer import Trainer
 
@@ -120,6 +121,7 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="auto")
+    add_overrides_argument(parser, help="config overrides for every size")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,6 +138,7 @@ def main() -> None:
                     *([] if args.workers is None else [f"data.num_workers={args.workers}"]),
                     f"device={args.device}",
                     f"out_dir={tmp}/{name}",
+                    *args.overrides,
                 ],
             )
             rates = measure(cfg, dataset, args.iters, args.repeats)

@@ -46,9 +46,11 @@ EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-root", help="dataset folder (sets data.root)")
-    parser.add_argument("--device", help='"auto", "cpu", "cuda", "cuda:N" or "mps" (sets device)')
+def add_overrides_argument(
+    parser: argparse.ArgumentParser,
+    help: str = "config overrides, e.g. --set optim.lr=0.001 schedule.epochs=60",
+) -> None:
+    """``--set KEY=VALUE ...`` (repeatable) collected into ``args.overrides``."""
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -56,8 +58,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         action="extend",
         default=[],
-        help="config overrides, e.g. --set optim.lr=0.001 schedule.epochs=60",
+        help=help,
     )
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", help="dataset folder (sets data.root)")
+    parser.add_argument("--device", help='"auto", "cpu", "cuda", "cuda:N" or "mps" (sets device)')
+    add_overrides_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -18,7 +18,7 @@ from duatm.config import DuATMConfig, load_config
 from duatm.data.datasets import Market1501
 from duatm.data.synthped import write_synthped
 from duatm.engine.checkpoint import latest_checkpoint
-from duatm.engine.commands import run_guarded
+from duatm.engine.commands import add_overrides_argument, run_guarded
 from duatm.engine.evaluator import RESULTS_JSON
 from duatm.engine.trainer import Trainer
 
@@ -111,15 +111,7 @@ def verdict(model: DemoRow, baseline: DemoRow) -> str:
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo run folder")
     parser.add_argument("--ids", type=int, default=100, help="SynthPed identities")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        nargs="+",
-        action="extend",
-        default=[],
-        help="overrides of the synthped config for both models",
-    )
+    add_overrides_argument(parser, help="overrides of the synthped config for both models")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_run_demo_command)
 
