@@ -21,7 +21,6 @@ import ctypes.util
 import gc
 import re
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,28 +33,13 @@ from duatm.models.matching import (
     DualAttentionMatcher,
     PreparedSequences,
 )
+from timing import device_sync, interleaved_best
 
 MiB = 2**20
 
 
 def unit(n: int, length: int, dim: int, device: torch.device) -> torch.Tensor:
     return F.normalize(torch.randn(n, length, dim, device=device), dim=-1)
-
-
-def interleaved_best(
-    contenders: dict[str, Callable[[], object]], rounds: int, sync: Callable[[], None]
-) -> dict[str, float]:
-    """Best wall seconds of each contender, run in turn for ``rounds`` rounds after a warm-up."""
-    best = dict.fromkeys(contenders, float("inf"))
-    for round_ in range(rounds + 1):  # round 0 warms up and is not counted
-        for name, fn in contenders.items():
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            if round_ > 0:
-                best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def naive_flops_per_pair(s: int, d: int) -> int:
@@ -155,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    sync = device_sync(device)
 
     s, d, num_q, num_g = args.length, args.dim, args.queries, args.gallery
     budget = args.tile_bytes or (

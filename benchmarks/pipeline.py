@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from duatm.engine.builders import build_test_loader
 from duatm.engine.commands import add_overrides_argument
 from duatm.engine.evaluator import extract
 from duatm.engine.trainer import Trainer
+from timing import device_sync, interleaved_best
 
 # name -> (shipped config, overrides): the paper's image model and the demo's.
 SIZES: dict[str, tuple[str, list[str]]] = {
@@ -43,31 +43,23 @@ SIZES: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def best_rate(run: Callable[[], int], repeats: int) -> float:
-    """Items per second of the fastest of ``repeats`` calls (each returns its item count)."""
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        items = run()
-        best = max(best, items / (time.perf_counter() - start))
-    return best
-
-
-def measure(cfg: DuATMConfig, dataset: Market1501, iters: int, repeats: int) -> dict[str, float]:
+def measure(cfg: DuATMConfig, dataset: Market1501, iters: int, rounds: int) -> dict[str, float]:
+    """Images/s of the five contenders, each the best of ``rounds`` interleaved timed runs."""
     trainer = Trainer(cfg, dataset=dataset, progress=False)
     model, device = trainer.model, trainer.device
     trainer.model.unfreeze_backbone()  # the end-to-end stage: the backbone trains too
-    model.train()
     batch_size = trainer.sampler.batch_size
     images = torch.randn(batch_size, 3, cfg.data.height, cfg.data.width, device=device)
     backbone = model.backbone
 
     def bare_train() -> int:
+        model.train()
         for _ in range(iters):
             backbone(images).sum().backward()
         return iters * batch_size
 
     def pipeline_train() -> int:
+        model.train()
         seen = 0
         batches = iter(trainer.train_loader)
         for _ in range(iters):
@@ -83,6 +75,7 @@ def measure(cfg: DuATMConfig, dataset: Market1501, iters: int, repeats: int) -> 
     fixed_batch = next(iter(trainer.train_loader))
 
     def fixed_train() -> int:
+        model.train()
         for _ in range(iters):
             trainer.train_step(fixed_batch)
         return iters * batch_size
@@ -100,22 +93,34 @@ def measure(cfg: DuATMConfig, dataset: Market1501, iters: int, repeats: int) -> 
     def pipeline_extract() -> int:
         return len(extract(model, loader, device, progress=False).pids)
 
-    bare_train()  # warm-up: allocator, kernels, lazy initialisation
-    pipeline_train()
-    return {
-        "train": best_rate(pipeline_train, repeats),
-        "fixed_train": best_rate(fixed_train, repeats),
-        "bare_train": best_rate(bare_train, repeats),
-        "extract": best_rate(pipeline_extract, repeats),
-        "bare_forward": best_rate(bare_forward, repeats),
+    contenders = {
+        "train": pipeline_train,
+        "fixed_train": fixed_train,
+        "bare_train": bare_train,
+        "extract": pipeline_extract,
+        "bare_forward": bare_forward,
     }
+    counts: dict[str, int] = {}
+
+    def counted(name: str) -> Callable[[], None]:
+        def run() -> None:
+            counts[name] = contenders[name]()
+
+        return run
+
+    seconds = interleaved_best(
+        {name: counted(name) for name in contenders}, rounds, device_sync(device)
+    )
+    return {name: counts[name] / seconds[name] for name in contenders}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["paper", "demo"])
     parser.add_argument("--iters", type=int, default=5, help="batches per timed run")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best is kept")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved timed rounds; each keeps its best"
+    )
     parser.add_argument(
         "--workers", type=int, default=None, help="DataLoader processes (default: the config's)"
     )
@@ -141,11 +146,11 @@ def main() -> None:
                     *args.overrides,
                 ],
             )
-            rates = measure(cfg, dataset, args.iters, args.repeats)
+            rates = measure(cfg, dataset, args.iters, args.rounds)
             rows.append((name, cfg, rates))
     print(
         f"device {args.device}, {args.threads} threads, "
-        f"{args.iters} batches per timed run, best of {args.repeats}"
+        f"{args.iters} batches per timed run, best of {args.rounds} interleaved rounds"
     )
     print(
         "| size | model | train img/s | train, one fixed batch | bare fwd+bwd img/s | ratio | "

@@ -383,7 +383,7 @@ def test_image_dataset_items(market: Path) -> None:
     assert set(item) == {"image", "pid", "camid", "index"}
     assert (item["pid"], item["camid"], item["index"]) == (5, 3, 1)
     assert item["image"].shape == (3, 8, 4)
-    assert item["image"].dtype == torch.float32
+    assert item["image"].dtype == torch.uint8
     assert ds.pids == [3, 5]
     assert ds.camids == [0, 3]
     assert len(ds) == 2

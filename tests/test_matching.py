@@ -102,6 +102,24 @@ def test_pairwise_is_independent_of_tile_budget_and_symmetric(mode: str) -> None
             assert matcher.pairwise(xq).diagonal().abs().max() < 2e-3
 
 
+@pytest.mark.parametrize("mode", ["dual", "inter"])
+@pytest.mark.parametrize("budget", [1, 5_000, 2**30])
+def test_self_comparison_computes_one_direction_and_matches_two(mode: str, budget: int) -> None:
+    """pairwise(x) (a batch against itself, one attention direction per ordered pair) gives the
+    distances and gradients of the general two-direction path on a copy of x."""
+    matcher = randomised_matcher(8, mode, seed=5).double().eval()
+    x = unit_sequences(6, 5, 8, 11).requires_grad_()
+    copy = x.detach().clone().requires_grad_()
+    one = matcher.pairwise(x, max_tile_bytes=budget)
+    two = matcher.pairwise(x, copy, max_tile_bytes=budget)
+    torch.testing.assert_close(one, two, atol=1e-12, rtol=0)
+    assert torch.equal(one, one.T)
+    weights = torch.rand(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    (grad_one,) = torch.autograd.grad((one * weights).sum(), x)
+    grad_x, grad_copy = torch.autograd.grad((two * weights).sum(), (x, copy))
+    torch.testing.assert_close(grad_one, grad_x + grad_copy, atol=1e-12, rtol=0)
+
+
 def test_intra_mode_rejects_unequal_lengths() -> None:
     matcher = DualAttentionMatcher(8, "intra").eval()
     with pytest.raises(ValueError, match="equal sequence lengths"):

@@ -16,6 +16,7 @@ from duatm.data.transforms import (
     ImageReadError,
     build_test_transform,
     build_train_transform,
+    normalise,
     read_image,
 )
 
@@ -43,20 +44,37 @@ def gradient_image(width: int = 6, height: int = 10) -> Image.Image:
         build_train_transform(16, 8, pad=0, flip_prob=0.0, random_erasing=0.5),
     ],
 )
-def test_output_shape_and_dtype(transform: object) -> None:
+def test_pipelines_give_plain_uint8_tensors(transform: object) -> None:
     out = transform(Image.new("RGB", (13, 30), COLOR))  # type: ignore[operator]
     assert out.shape == (3, 16, 8)
-    assert out.dtype == torch.float32
+    assert out.dtype == torch.uint8
+    assert type(out) is torch.Tensor  # not a tv_tensors subclass: collates like any tensor
 
 
-def test_constant_image_normalisation_matches_hand_computation() -> None:
-    expected = normalised(COLOR)
+def test_constant_image_keeps_its_colour_through_every_pipeline() -> None:
+    expected = torch.tensor(COLOR, dtype=torch.uint8)[:, None, None].expand(3, 8, 4)
     for transform in (
         build_test_transform(8, 4),
         build_train_transform(8, 4, pad=0, flip_prob=1.0),
     ):
-        out = transform(Image.new("RGB", (5, 11), COLOR))
-        assert torch.allclose(out, expected[:, None, None].expand(3, 8, 4), atol=1e-6)
+        assert torch.equal(transform(Image.new("RGB", (5, 11), COLOR)), expected)
+
+
+def test_normalise_matches_hand_computation_for_images_and_batches() -> None:
+    image = torch.tensor(COLOR, dtype=torch.uint8)[:, None, None].expand(3, 8, 4)
+    expected = normalised(COLOR)[:, None, None].expand(3, 8, 4)
+    assert torch.allclose(normalise(image), expected, atol=1e-6)
+    batch = torch.stack([image, torch.zeros_like(image)])
+    out = normalise(batch)
+    assert out.dtype == torch.float32 and out.shape == (2, 3, 8, 4)
+    assert torch.allclose(out[0], expected, atol=1e-6)
+    assert torch.allclose(out[1], normalised((0, 0, 0))[:, None, None].expand(3, 8, 4), atol=1e-6)
+    assert image.dtype == torch.uint8  # the input is left alone
+
+
+def test_normalise_refuses_float_input() -> None:
+    with pytest.raises(TypeError, match="expects uint8 images"):
+        normalise(torch.zeros(3, 8, 4))
 
 
 def test_test_transform_is_deterministic_and_matches_pil_resize() -> None:
@@ -67,47 +85,45 @@ def test_test_transform_is_deterministic_and_matches_pil_resize() -> None:
     torch.manual_seed(2)
     assert torch.equal(first, transform(img))
     # Same pixels as PIL's bilinear resize up to one grey level (antialiasing implementations).
-    ref = torch.from_numpy(np.array(img.resize((4, 8), Image.BILINEAR))).permute(2, 0, 1) / 255
-    back = (
-        first * torch.tensor(IMAGENET_STD)[:, None, None]
-        + torch.tensor(IMAGENET_MEAN)[:, None, None]
-    )
-    assert (back - ref).abs().max() <= 1.5 / 255
+    ref = torch.from_numpy(np.array(img.resize((4, 8), Image.BILINEAR))).permute(2, 0, 1)
+    assert (first.int() - ref.int()).abs().max() <= 1
 
 
 def test_flip_probability_one_mirrors_the_test_output() -> None:
     img = gradient_image(4, 8)
     flipped = build_train_transform(8, 4, pad=0, flip_prob=1.0)(img)
-    assert torch.allclose(flipped, build_test_transform(8, 4)(img).flip(-1))
+    assert torch.equal(flipped, build_test_transform(8, 4)(img).flip(-1))
     same = build_train_transform(8, 4, pad=0, flip_prob=0.0)(img)
-    assert torch.allclose(same, build_test_transform(8, 4)(img))
+    assert torch.equal(same, build_test_transform(8, 4)(img))
 
 
 def test_padded_crop_is_a_random_window_of_the_zero_padded_image() -> None:
     img = gradient_image(4, 8)
-    plain = build_test_transform(8, 4)(img)
-    black = normalised((0, 0, 0))[:, None, None]
-    padded = black.expand(3, 12, 8).clone()
-    padded[:, 2:10, 2:6] = plain
+    padded = torch.zeros(3, 12, 8, dtype=torch.uint8)
+    padded[:, 2:10, 2:6] = build_test_transform(8, 4)(img)
     windows = {(dy, dx): padded[:, dy : dy + 8, dx : dx + 4] for dy in range(5) for dx in range(5)}
     transform = build_train_transform(8, 4, pad=2, flip_prob=0.0)
     torch.manual_seed(0)
     offsets = []
     for _ in range(20):
         out = transform(img)
-        offsets += [k for k, w in windows.items() if torch.allclose(out, w, atol=1e-6)]
+        offsets += [k for k, w in windows.items() if torch.equal(out, w)]
     assert len(offsets) == 20  # every output is exactly one window
     assert len(set(offsets)) > 5  # and the window moves
 
 
-def test_random_erasing_sets_a_region_to_zero() -> None:
+def test_random_erasing_paints_the_mean_colour_which_normalises_to_zero() -> None:
     transform = build_train_transform(16, 8, pad=0, flip_prob=0.0, random_erasing=1.0)
     torch.manual_seed(0)
     out = transform(Image.new("RGB", (8, 16), COLOR))
-    erased = (out == 0).all(dim=0)
-    kept = torch.isclose(out, normalised(COLOR)[:, None, None], atol=1e-6).all(dim=0)
+    mean_color = torch.tensor([124, 116, 104], dtype=torch.uint8)[:, None, None]
+    erased = (out == mean_color).all(dim=0)
+    kept = (out == torch.tensor(COLOR, dtype=torch.uint8)[:, None, None]).all(dim=0)
     assert 0 < int(erased.sum()) < 16 * 8
     assert bool((erased | kept).all())
+    # Rounding the mean to a byte moves it by at most half a grey level.
+    half_level = 0.5 / 255 / min(IMAGENET_STD)
+    assert normalise(out)[:, erased].abs().max() <= half_level
 
 
 @pytest.mark.parametrize(

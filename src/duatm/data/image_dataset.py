@@ -26,7 +26,7 @@ class SkippedImage(NamedTuple):
 
 
 class ImageDataset(Dataset[dict[str, Any]]):
-    """Items ``dict(image=Tensor[3, H, W], pid=int, camid=int, index=int)`` from image records.
+    """Items ``dict(image=uint8 Tensor[3, H, W], pid=int, camid=int, index=int)`` from image records.
 
     By default an unreadable file raises :class:`ImageReadError` naming it when it is loaded.
     With ``skip_broken=True`` every image is decoded once here, up front, and the unreadable

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from duatm.atomic import atomic_write_text
+from duatm.data.transforms import normalise
 from duatm.engine.builders import autocast_for
 from duatm.metrics import RankMetrics, rank_metrics
 from duatm.metrics.report import rank_metrics_to_dict
@@ -49,7 +50,7 @@ def extract(
     total = len(loader.dataset)  # type: ignore[arg-type]
     with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
+            images = normalise(batch["image"].to(device, non_blocking=True))
             with autocast_for(device, amp):
                 sequences = model.extract_sequences(images, flip=flip)
             chunks.append(sequences.float())

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from duatm import __version__
 from duatm.config import DuATMConfig, config_from_dict, config_to_dict, save_config
 from duatm.data.datasets import ReIDDataset
+from duatm.data.transforms import normalise
 from duatm.engine.builders import (
     autocast_for,
     build_model,
@@ -262,7 +263,7 @@ class Trainer:
 
         Raises TrainingDiverged, before touching the weights, when the loss is not finite.
         """
-        images = batch["image"].to(self.device, non_blocking=True)
+        images = normalise(batch["image"].to(self.device, non_blocking=True))
         pids = batch["pid"].to(self.device, non_blocking=True)
         with autocast_for(self.device, self.amp):
             sequences = self.model(images)

@@ -227,14 +227,22 @@ class DualAttentionMatcher(nn.Module):
             else None
         )
         shift = attends and _logits_may_overflow(query, gallery, dtype)
+        # A set against itself (a training batch): the direction b -> a of pair (a, b) is the
+        # direction a -> b of pair (b, a), so one direction over the whole grid gives both.
+        one_direction = attends and gallery is query
         for q0 in range(0, num_q, tile_q):
             q_tile = query.slice(q0, q0 + tile_q)
             for g0 in range(0, num_g, tile_g):
                 g_tile = gallery.slice(g0, g0 + tile_g)
-                out[q0 : q0 + tile_q, g0 : g0 + tile_g] = self._tile_distances(
-                    q_tile, g_tile, workspace, shift
-                )
-        return out
+                if one_direction:
+                    out[g0 : g0 + tile_g, q0 : q0 + tile_q] = _directed_distance(
+                        q_tile, g_tile, workspace, shift
+                    )
+                else:
+                    out[q0 : q0 + tile_q, g0 : g0 + tile_g] = self._tile_distances(
+                        q_tile, g_tile, workspace, shift
+                    )
+        return (out + out.T) / 2 if one_direction else out
 
     def tile_shape(
         self,
