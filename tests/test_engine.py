@@ -7,13 +7,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from duatm.cli import main
 from duatm.config import DuATMConfig, load_config
 from duatm.data.datasets import Market1501
 from duatm.data.synthped import write_synthped
 from duatm.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
-from duatm.engine.demo import DEMO_JSON, DemoRow, run_demo, verdict
+from duatm.engine.demo import (
+    DEMO_JSON,
+    DemoRow,
+    format_demo_table,
+    mean_rows,
+    run_demo,
+    verdict,
+)
 from duatm.engine.trainer import Trainer, TrainingDiverged, backbone_frozen, learning_rate
 from duatm.losses import DuATMLoss, LossOutput
 
@@ -211,27 +219,60 @@ def test_flip_augmentation_is_mirror_symmetric(
     assert not torch.allclose(seqs, model.extract_sequences(images))
 
 
-def test_demo_trains_both_models_and_reuses_finished_runs(
+def test_demo_trains_both_models_per_seed_and_reuses_finished_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tiny = [o for o in TINY if not o.startswith("schedule.freeze")]
     overrides = [*tiny, "schedule.epochs=1", "schedule.lr_decay_epoch=1", "eval.every=1"]
-    rows = run_demo(tmp_path, overrides=overrides, num_ids=8, progress=False)
-    assert [(r.model, r.mode) for r in rows] == [("DuATM (dual)", "dual"), ("AvePool", "avgpool")]
+    rows = run_demo(tmp_path, overrides=overrides, seeds=(3, 4), num_ids=8, progress=False)
+    assert [(r.mode, r.seed) for r in rows] == [
+        ("dual", 3),
+        ("avgpool", 3),
+        ("dual", 4),
+        ("avgpool", 4),
+    ]
     saved = json.loads((tmp_path / DEMO_JSON).read_text())
-    for row, mode in zip(saved["rows"], ("dual", "avgpool"), strict=True):
-        results = json.loads((tmp_path / mode / "results.json").read_text())
-        assert (row["r1"], row["mAP"]) == (results["R1"], results["mAP"])
-    assert saved["table"].splitlines()[-1] == verdict(*rows)
-    # A second call finds both runs finished and reports the same numbers without training.
+    for row in saved["rows"]:
+        run_dir = tmp_path / f"{row['mode']}-seed{row['seed']}"
+        results = json.loads((run_dir / "results.json").read_text())
+        assert (row["r1"], row["r5"], row["mAP"]) == (results["R1"], results["R5"], results["mAP"])
+        assert OmegaConf.load(run_dir / "config.yaml").seed == row["seed"]
+    # The seeds train differently, and the means are the averages of the two seeds' rows.
+    assert rows[0].mAP != rows[2].mAP or rows[0].r1 != rows[2].r1
+    for mean, mode in zip(saved["means"], ("dual", "avgpool"), strict=True):
+        own = [r for r in rows if r.mode == mode]
+        assert mean["seed"] is None
+        assert mean["mAP"] == pytest.approx((own[0].mAP + own[1].mAP) / 2)
+        assert mean["r1"] == pytest.approx((own[0].r1 + own[1].r1) / 2)
+    assert saved["table"] == format_demo_table(rows)
+    assert verdict(*mean_rows(rows)) in saved["table"]
+    # A second call finds every run finished and reports the same numbers without training.
     capsys.readouterr()
-    assert run_demo(tmp_path, overrides=overrides, num_ids=8, progress=False) == rows
-    assert capsys.readouterr().out.count("resuming from") == 2
+    again = run_demo(tmp_path, overrides=overrides, seeds=(3, 4), num_ids=8, progress=False)
+    assert again == rows
+    assert capsys.readouterr().out.count("resuming from") == 4
+
+
+def test_demo_table_lists_seeds_then_means_and_counts_seed_wins() -> None:
+    rows = [
+        DemoRow("DuATM", "dual", 0, r1=0.40, r5=0.7, mAP=0.30, train_seconds=60.0),
+        DemoRow("AvePool", "avgpool", 0, r1=0.30, r5=0.6, mAP=0.32, train_seconds=30.0),
+        DemoRow("DuATM", "dual", 1, r1=0.50, r5=0.8, mAP=0.40, train_seconds=60.0),
+        DemoRow("AvePool", "avgpool", 1, r1=0.40, r5=0.7, mAP=0.30, train_seconds=30.0),
+    ]
+    table = format_demo_table(rows).splitlines()
+    assert table[2] == "| DuATM | 0 | 40.0 | 70.0 | 30.0 | 1.0 min |"
+    assert table[6] == "| **DuATM** | mean | 45.0 | 75.0 | 35.0 | 2.0 min |"
+    assert table[7] == "| **AvePool** | mean | 35.0 | 65.0 | 31.0 | 1.0 min |"
+    assert table[-2] == ("DuATM is ahead of AvePool (means over seeds): R1 +10.0, mAP +4.0 points.")
+    assert table[-1] == (
+        "Seed by seed, DuATM is ahead in R1 with 2 of 2, in mAP with 1, in both with 1."
+    )
 
 
 def test_demo_verdict_names_the_margins() -> None:
-    duatm = DemoRow("DuATM", "dual", r1=0.40, r5=0.6, mAP=0.30, train_seconds=1.0)
-    avgpool = DemoRow("AvePool", "avgpool", r1=0.35, r5=0.6, mAP=0.32, train_seconds=1.0)
+    duatm = DemoRow("DuATM", "dual", 0, r1=0.40, r5=0.6, mAP=0.30, train_seconds=1.0)
+    avgpool = DemoRow("AvePool", "avgpool", 0, r1=0.35, r5=0.6, mAP=0.32, train_seconds=1.0)
     assert verdict(duatm, avgpool) == (
         "DuATM is NOT ahead of AvePool in both R1 and mAP: R1 +5.0, mAP -2.0 points."
     )
