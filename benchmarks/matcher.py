@@ -5,7 +5,8 @@ Prints, from one run on the same inputs: pairs/s of `pairwise`; pairs/s of the n
 matrix-multiply rate of a big square product (the peak) and of the product the kernel issues
 per tile; the efficiency pairs/s x 8 S^2 D / peak flop/s (DESIGN §2); and the peak working
 memory of `pairwise_prepared` for two tile budgets x two gallery sizes, to show it is set by the
-tile budget, not by the gallery.
+tile budget, not by the gallery. Also the forward + backward time of a training batch's B x B
+distances, computed the way training does (the batch against itself) and by the general path.
 
 Timings interleave the contenders over several rounds and keep each one's best, so that load
 from other processes hits them alike.
@@ -104,6 +105,22 @@ def working_memory(
     return resident.peak_growth(call) - output_bytes
 
 
+def training_batch_seconds(
+    dim: int, length: int, batch: int, device: torch.device, rounds: int, sync: Callable[[], None]
+) -> dict[str, float]:
+    """Forward + backward of a training batch's B x B distances, best of ``rounds``: the batch
+    against itself (``self``: one attention direction per ordered pair gives both) and against
+    a copy of itself (``copy``: the general path, both directions for every pair)."""
+    matcher = DualAttentionMatcher(dim).to(device).train()
+    x = unit(batch, length, dim, device).requires_grad_()
+    copy = x.detach().clone().requires_grad_()
+    contenders = {
+        "self": lambda: matcher.pairwise(x).sum().backward(),
+        "copy": lambda: matcher.pairwise(x, copy).sum().backward(),
+    }
+    return interleaved_best(contenders, rounds, sync)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, default=256)
@@ -124,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         "--tile-bytes", type=int, default=None, help="tile budget (default: matcher's)"
     )
     parser.add_argument("--square", type=int, default=2048, help="side of the peak-rate matmul")
+    parser.add_argument(
+        "--batch", type=int, default=40, help="training batch B for the B x B fwd+bwd timing"
+    )
     parser.add_argument(
         "--rounds", type=int, default=5, help="timing rounds; each contender's best"
     )
@@ -229,6 +249,17 @@ def main(argv: list[str] | None = None) -> int:
         (
             f"speed-up over {smallest} pair(s) per call",
             f"{fast_rate * best[f'naive/{smallest}'] / args.naive_pairs:.1f}x",
+        ),
+    ]
+    train = training_batch_seconds(d, s, args.batch, device, args.rounds, sync)
+    rows += [
+        (
+            f"training B={args.batch}: B x B fwd+bwd, batch vs itself (ms)",
+            f"{train['self'] * 1e3:.1f}",
+        ),
+        (
+            f"training B={args.batch}: B x B fwd+bwd, both directions per pair (ms)",
+            f"{train['copy'] * 1e3:.1f}",
         ),
     ]
     if not args.skip_memory:
