@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from duatm.engine.demo import (
     run_demo,
     verdict,
 )
+from duatm.engine.metrics_log import METRICS_JSONL, read_metrics
 from duatm.engine.trainer import Trainer, TrainingDiverged, backbone_frozen, learning_rate
 from duatm.losses import DuATMLoss, LossOutput
 
@@ -86,11 +88,14 @@ def test_resumed_run_ends_with_the_same_weights(
     assert first.fit(stop_after=2) is None
     saved = load_checkpoint(tmp_path / "split" / LAST_CHECKPOINT)
     assert saved["epoch"] == 2 and saved["sampler"] == {"seed": 0, "epoch": 1}
+    after_two = tmp_path / "after_two.pt"
+    shutil.copy(tmp_path / "split" / LAST_CHECKPOINT, after_two)
+    step_after_two = first.step
+    # Epoch 3 runs and is logged, then is lost: the run resumes from the epoch-2 checkpoint.
+    first.fit()
 
-    resumed = Trainer(
-        cfg, dataset=dataset, resume_from=tmp_path / "split" / LAST_CHECKPOINT, progress=False
-    )
-    assert resumed.epoch == 2 and resumed.step == first.step
+    resumed = Trainer(cfg, dataset=dataset, resume_from=after_two, progress=False)
+    assert resumed.epoch == 2 and resumed.step == step_after_two
     resumed_metrics = resumed.fit()
     assert resumed_metrics is not None
 
@@ -100,6 +105,15 @@ def test_resumed_run_ends_with_the_same_weights(
         assert torch.equal(expected[key], got[key]), key
     assert resumed_metrics.mAP == whole_metrics.mAP
     assert (resumed_metrics.cmc == whole_metrics.cmc).all()
+
+    # The lost epoch's records were dropped on resume: the log is the uninterrupted run's.
+    def history(run: Path) -> list[tuple]:
+        return [
+            (r["kind"], r["step"], r["epoch"], r.get("total"), r.get("mAP"))
+            for r in read_metrics(run / METRICS_JSONL)
+        ]
+
+    assert history(tmp_path / "split") == history(tmp_path / "whole")
 
 
 def test_training_writes_the_run_folder(

@@ -89,6 +89,24 @@ def test_half_written_last_record_is_dropped_on_reopen(tmp_path: Path) -> None:
     assert [r["step"] for r in jsonl_records(tmp_path)] == [1, 2]
 
 
+def test_resuming_drops_the_records_logged_after_the_checkpoint_step(tmp_path: Path) -> None:
+    with MetricsLogger(tmp_path) as logger:
+        for step in (1, 2, 3, 4):
+            logger.log("train", {"total": float(step)}, step=step, epoch=step // 3)
+        logger.log("eval", {"R1": 0.5}, step=2, epoch=0)
+    with MetricsLogger(tmp_path, keep_until_step=2) as logger:
+        assert [r["step"] for r in jsonl_records(tmp_path)] == [1, 2, 2]
+        assert [row["step"] for row in csv_rows(tmp_path)[1]] == ["1", "2", "2"]
+        logger.log("train", {"total": 30.0}, step=3, epoch=1)
+    assert [(r["step"], r.get("total")) for r in jsonl_records(tmp_path)] == [
+        (1, 1.0),
+        (2, 2.0),
+        (2, None),
+        (3, 30.0),
+    ]
+    assert [row["total"] for row in csv_rows(tmp_path)[1]] == ["1.0", "2.0", "", "30.0"]
+
+
 def test_tensor_and_numpy_scalars_are_stored_as_numbers(tmp_path: Path) -> None:
     with MetricsLogger(tmp_path) as logger:
         record = logger.log(
@@ -122,8 +140,8 @@ def test_tensorboard_gets_numeric_scalars_when_installed(
     calls: list[tuple] = []
 
     class FakeWriter:
-        def __init__(self, log_dir: str) -> None:
-            calls.append(("open", log_dir))
+        def __init__(self, log_dir: str, purge_step: int | None) -> None:
+            calls.append(("open", log_dir, purge_step))
 
         def add_scalar(self, tag: str, value: float, step: int) -> None:
             calls.append((tag, value, step))
@@ -136,7 +154,12 @@ def test_tensorboard_gets_numeric_scalars_when_installed(
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
     with MetricsLogger(tmp_path) as logger:
         logger.log("eval", {"R1": 0.5, "split": "test"}, step=7, epoch=1)
-    assert calls == [("open", str(tmp_path / "tensorboard")), ("eval/R1", 0.5, 7), ("close",)]
+    board = str(tmp_path / "tensorboard")
+    assert calls == [("open", board, None), ("eval/R1", 0.5, 7), ("close",)]
+    calls.clear()
+    # Resuming from step 5: TensorBoard purges the events logged after it.
+    MetricsLogger(tmp_path, keep_until_step=5).close()
+    assert calls == [("open", board, 6), ("close",)]
 
 
 def test_without_tensorboard_logging_still_works(tmp_path: Path) -> None:

@@ -35,22 +35,41 @@ _tensorboard_missing_logged = False
 
 
 class MetricsLogger:
-    """Append scalar records to `run_dir`; reopening a run folder continues its files."""
+    """Append scalar records to `run_dir`; reopening a run folder continues its files.
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True) -> None:
+    ``keep_until_step``: the step the run continues from (its checkpoint's). Records logged
+    after it describe work that was lost with the crash and is about to be redone, so they are
+    dropped (and TensorBoard purges its events past that step); otherwise a resumed run would
+    log those steps twice.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        tensorboard: bool = True,
+        keep_until_step: int | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.run_dir / METRICS_JSONL
         self.csv_path = self.run_dir / METRICS_CSV
         _drop_partial_last_line(self.jsonl_path)
         records = read_metrics(self.jsonl_path) if self.jsonl_path.exists() else []
+        if keep_until_step is not None:
+            records = _drop_records_after(self.jsonl_path, records, keep_until_step)
         self._columns = _columns_of(records)
         # The CSV is a view of the JSONL: rebuilt on open, it cannot lag behind after a crash.
         _write_csv(self.csv_path, self._columns, records)
         self._jsonl = self.jsonl_path.open("a", encoding="utf-8")
         self._csv = self.csv_path.open("a", encoding="utf-8", newline="")
         self._tensorboard = (
-            _open_tensorboard(self.run_dir / TENSORBOARD_DIR) if tensorboard else None
+            _open_tensorboard(
+                self.run_dir / TENSORBOARD_DIR,
+                purge_step=None if keep_until_step is None else keep_until_step + 1,
+            )
+            if tensorboard
+            else None
         )
 
     def log(
@@ -240,7 +259,24 @@ def _drop_partial_last_line(path: Path) -> None:
         handle.write(data[:keep])
 
 
-def _open_tensorboard(log_dir: Path) -> Any:
+def _drop_records_after(
+    path: Path, records: list[dict[str, Any]], step: int
+) -> list[dict[str, Any]]:
+    """Rewrite ``path`` without the records logged after ``step``; returns those kept."""
+    kept = [r for r in records if r["step"] <= step]
+    if len(kept) < len(records):
+        _LOG.warning(
+            "%s: dropping %d record(s) logged after step %d, where the run resumes",
+            path,
+            len(records) - len(kept),
+            step,
+        )
+        with atomic_open(path, "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in kept)
+    return kept
+
+
+def _open_tensorboard(log_dir: Path, purge_step: int | None) -> Any:
     """A SummaryWriter when tensorboard is installed, else None (said once, at debug level)."""
     global _tensorboard_missing_logged
     try:
@@ -254,4 +290,4 @@ def _open_tensorboard(log_dir: Path) -> Any:
             )
             _tensorboard_missing_logged = True
         return None
-    return SummaryWriter(log_dir=str(log_dir))
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)

@@ -138,7 +138,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / CONFIG_YAML)
         final: RankMetrics | None = None
-        with MetricsLogger(self.run_dir) as logger:
+        with MetricsLogger(self.run_dir, keep_until_step=self.step) as logger:
             while self.epoch < last:
                 epoch, started = self.epoch, time.perf_counter()
                 self._train_epoch(logger)
