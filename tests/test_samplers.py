@@ -67,13 +67,39 @@ def test_every_identity_once_per_epoch() -> None:
         assert seen == dict.fromkeys(COUNTS, 2)
 
 
-def test_drop_last_false_keeps_the_remainder_identities() -> None:
-    sampler = IdentityBatchSampler(PIDS, num_identities=5, num_instances=2, drop_last=False)
+def test_last_batch_is_filled_with_other_identities_so_none_is_skipped() -> None:
+    # 12 identities, P = 5: two groups of 5, then 2 left over and completed by 3 others.
+    sampler = IdentityBatchSampler(PIDS, num_identities=5, num_instances=2)
+    assert len(sampler) == 3
+    for epoch in range(4):
+        batches = epoch_batches(sampler, epoch)
+        assert [len(b) for b in batches] == [10, 10, 10]
+        ids = [[PIDS[i] for i in b] for b in batches]
+        assert all(len(set(b)) == 5 for b in ids)  # P distinct identities in every batch
+        assert set().union(*ids[:2]) | set(ids[2]) == set(COUNTS)
+        counts = Counter(pid for b in ids for pid in set(b))
+        assert sorted(counts.values()) == [1] * 9 + [2] * 3  # 3 fillers appear twice
+
+
+def test_short_last_batch_keeps_only_the_remainder_identities() -> None:
+    sampler = IdentityBatchSampler(PIDS, num_identities=5, num_instances=2, last_batch="short")
     batches = epoch_batches(sampler, 1)
     assert [len(b) for b in batches] == [10, 10, 4]
-    assert {PIDS[i] for b in batches for i in b} == set(COUNTS)
-    dropping = IdentityBatchSampler(PIDS, num_identities=5, num_instances=2)
-    assert epoch_batches(dropping, 1) == batches[:2]
+    assert Counter(PIDS[i] for b in batches for i in b) == dict.fromkeys(COUNTS, 2)
+
+
+def test_longer_epochs_continue_into_new_passes_instead_of_repeating() -> None:
+    one_pass = IdentityBatchSampler(PIDS, 4, 2, seed=3)
+    long = IdentityBatchSampler(PIDS, 4, 2, seed=3, batches_per_epoch=7)
+    assert len(long) == 7
+    batches = epoch_batches(long, 2)
+    assert len(batches) == 7
+    assert batches[:3] == epoch_batches(one_pass, 2)  # the first pass is the one-pass epoch
+    passes = [batches[0:3], batches[3:6]]
+    for pass_ in passes:  # each complete pass visits every identity once
+        assert Counter(PIDS[i] for b in pass_ for i in b) == dict.fromkeys(COUNTS, 2)
+    assert passes[0] != passes[1]
+    assert epoch_batches(long, 2) == batches and epoch_batches(long, 3) != batches
 
 
 def test_same_seed_and_epoch_repeat_other_epochs_and_seeds_differ() -> None:
@@ -91,26 +117,25 @@ def test_identity_order_is_shuffled_across_epochs() -> None:
     assert len(orders) == 5
 
 
-@pytest.mark.parametrize(("world_size", "drop_last"), [(2, True), (3, True), (2, False)])
-def test_ranks_get_equal_disjoint_shares(world_size: int, drop_last: bool) -> None:
-    # 12 identities, P = 2 -> 6 batches; P = 5 without drop_last -> 3 batches (odd).
-    p = 2 if drop_last else 5
+@pytest.mark.parametrize(("world_size", "p"), [(2, 2), (3, 2), (2, 5), (3, 5)])
+def test_ranks_get_equal_disjoint_shares(world_size: int, p: int) -> None:
+    # 12 identities: P = 2 -> 6 batches a pass; P = 5 -> 3 (odd), continued into the next pass.
     shares = [
-        epoch_batches(IdentityBatchSampler(PIDS, p, 4, 3, rank, world_size, drop_last), 4)
+        epoch_batches(IdentityBatchSampler(PIDS, p, 4, 3, rank, world_size), 4)
         for rank in range(world_size)
     ]
-    single = epoch_batches(IdentityBatchSampler(PIDS, p, 4, 3, drop_last=drop_last), 4)
-    lengths = {len(s) for s in shares}
-    assert len(lengths) == 1
-    assert lengths == {len(IdentityBatchSampler(PIDS, p, 4, 3, 1, world_size, drop_last))}
-    if drop_last:
-        assert lengths == {len(single) // world_size}
+    reference = IdentityBatchSampler(PIDS, p, 4, 3, 0, world_size)
+    reference.set_epoch(4)
+    everything = reference.global_batches()
+    assert len(everything) % world_size == 0
+    assert {len(s) for s in shares} == {len(everything) // world_size, len(reference)}
+    assert sorted(b for s in shares for b in s) == sorted(everything)  # a split, no copies
+    single = epoch_batches(IdentityBatchSampler(PIDS, p, 4, 3), 4)
+    assert everything[: len(single)] == single  # the first pass is the one-process epoch
+    if len(single) % world_size == 0:
         rank_pids = [{PIDS[i] for b in s for i in b} for s in shares]
-        assert sum(len(r) for r in rank_pids) == len(set().union(*rank_pids))  # disjoint
-        assert sorted(b for s in shares for b in s) == sorted(single)
-    else:
-        # 3 batches over 2 ranks: the first batch is repeated to make the shares equal.
-        assert shares == [[single[0], single[2]], [single[1], single[0]]]
+        if p == 2:  # no filler identities: the ranks see disjoint identities
+            assert sum(len(r) for r in rank_pids) == len(set().union(*rank_pids))
 
 
 def test_state_dict_round_trip_restores_the_epoch() -> None:
@@ -137,10 +162,9 @@ def test_works_as_dataloader_batch_sampler() -> None:
     ("kwargs", "message"),
     [
         ({"num_identities": 13}, "12 identities cannot fill one batch of 13"),
-        (
-            {"num_identities": 5, "world_size": 3},
-            "cannot fill one batch of 5 identities on each of 3",
-        ),
+        ({"num_identities": 13}, "12 identities cannot fill one batch of 13 identities"),
+        ({"last_batch": "drop"}, "last_batch must be 'fill' or 'short'"),
+        ({"batches_per_epoch": 0}, "batches_per_epoch must be >= 1"),
         ({"num_instances": 0}, "must be >= 1"),
         ({"rank": 2, "world_size": 2}, "need 0 <= rank < world_size"),
         ({"seed": -1}, "seed must be >= 0"),

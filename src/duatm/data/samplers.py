@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -12,16 +13,21 @@ from torch.utils.data import Sampler
 class IdentityBatchSampler(Sampler[list[int]]):
     """Batches of ``num_identities`` (P) distinct identities x ``num_instances`` (V) indices.
 
-    Batch-hard mining needs every anchor to have positives and negatives in its batch. One epoch
-    visits every identity once, in an order shuffled from ``(seed, epoch)``: an identity with at
-    least V samples gives V distinct ones; one with fewer gives all of them plus random repeats
-    up to V. Consecutive groups of P identities form the batches.
+    Batch-hard mining needs every anchor to have positives and negatives in its batch. A *pass*
+    visits every identity once, in an order shuffled from ``(seed, epoch, pass)``: an identity
+    with at least V samples gives V distinct ones; one with fewer gives all of them plus random
+    repeats up to V. Consecutive groups of P identities form the batches. When P does not divide
+    the number of identities, ``last_batch="fill"`` completes the last group with identities
+    drawn from the rest of the pass (every batch full, every identity visited), and ``"short"``
+    leaves it smaller.
+
+    An epoch is one pass, or ``batches_per_epoch`` batches taken from consecutive passes (so a
+    long epoch keeps drawing new samples instead of repeating a pass).
 
     With ``world_size > 1`` every process builds the same batch list and takes every
-    ``world_size``-th batch from ``rank``, so shares are disjoint and equally long. With
-    ``drop_last=False`` the identities left over make one smaller final batch, and the list is
-    wrapped around to a multiple of ``world_size`` (so a few batches can repeat across ranks).
-    Call :meth:`set_epoch` before each epoch; the order depends only on seed and epoch.
+    ``world_size``-th batch from ``rank``, so shares are disjoint and equally long (one pass is
+    continued into the next to make its batch count a multiple of ``world_size``). Call
+    :meth:`set_epoch` before each epoch; the batches depend only on seed and epoch.
     """
 
     def __init__(
@@ -32,7 +38,8 @@ class IdentityBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        drop_last: bool = True,
+        last_batch: str = "fill",
+        batches_per_epoch: int | None = None,
     ) -> None:
         if num_identities < 1 or num_instances < 1:
             raise ValueError(
@@ -45,40 +52,44 @@ class IdentityBatchSampler(Sampler[list[int]]):
             raise ValueError(
                 f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}"
             )
+        if last_batch not in ("fill", "short"):
+            raise ValueError(f"last_batch must be 'fill' or 'short', got {last_batch!r}")
+        if batches_per_epoch is not None and batches_per_epoch < 1:
+            raise ValueError(f"batches_per_epoch must be >= 1 or None, got {batches_per_epoch}")
         by_pid: dict[int, list[int]] = defaultdict(list)
         for index, pid in enumerate(pids):
             by_pid[int(pid)].append(index)
         self.indices_by_pid: dict[int, np.ndarray] = {
             pid: np.asarray(indices, dtype=np.int64) for pid, indices in sorted(by_pid.items())
         }
+        if len(self.indices_by_pid) < num_identities:
+            raise ValueError(
+                f"{len(self.indices_by_pid)} identities cannot fill one batch of "
+                f"{num_identities} identities"
+            )
         self.num_identities = num_identities
         self.num_instances = num_instances
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.drop_last = drop_last
+        self.last_batch = last_batch
+        self.batches_per_epoch = batches_per_epoch
         self.epoch = 0
-        if len(self) == 0:
-            raise ValueError(
-                f"{len(self.indices_by_pid)} identities cannot fill one batch of "
-                f"{num_identities} identities on each of {world_size} process(es)"
-            )
 
     @property
     def batch_size(self) -> int:
         """Indices per full batch (P x V)."""
         return self.num_identities * self.num_instances
 
-    def _num_global_batches(self) -> int:
-        full, rest = divmod(len(self.indices_by_pid), self.num_identities)
-        return full if self.drop_last or rest == 0 else full + 1
+    def batches_per_pass(self) -> int:
+        """Batches of one pass over the identities, before the split across ranks."""
+        return -(-len(self.indices_by_pid) // self.num_identities)
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch."""
-        total = self._num_global_batches()
-        if self.drop_last:
-            return total // self.world_size
-        return -(-total // self.world_size)
+        if self.batches_per_epoch is not None:
+            return self.batches_per_epoch
+        return -(-self.batches_per_pass() // self.world_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle of ``epoch``; the same (seed, epoch) gives the same batches."""
@@ -86,13 +97,28 @@ class IdentityBatchSampler(Sampler[list[int]]):
 
     def global_batches(self) -> list[list[int]]:
         """All batches of the current epoch, before the split across ranks."""
-        rng = np.random.default_rng([self.seed, self.epoch])
-        groups = list(self.indices_by_pid.values())
-        chunks = [self._draw(groups[i], rng) for i in rng.permutation(len(groups))]
+        needed = len(self) * self.world_size
+        batches: list[list[int]] = []
+        for pass_ in itertools.count():
+            batches += self._pass(pass_)
+            if len(batches) >= needed:
+                return batches[:needed]
+        raise AssertionError("unreachable")
+
+    def _pass(self, pass_: int) -> list[list[int]]:
+        """The batches of one pass: every identity once, in a shuffled order."""
+        rng = np.random.default_rng([self.seed, self.epoch, pass_])
+        order = rng.permutation(len(self.indices_by_pid)).tolist()
         p = self.num_identities
+        rest = len(order) % p
+        if rest and self.last_batch == "fill":
+            leftover = set(order[-rest:])
+            others = [i for i in range(len(order)) if i not in leftover]
+            order += rng.choice(others, size=p - rest, replace=False).tolist()
+        groups = list(self.indices_by_pid.values())
         return [
-            [index for chunk in chunks[b * p : (b + 1) * p] for index in chunk]
-            for b in range(self._num_global_batches())
+            [index for i in order[b : b + p] for index in self._draw(groups[i], rng)]
+            for b in range(0, len(order), p)
         ]
 
     def _draw(self, indices: np.ndarray, rng: np.random.Generator) -> list[int]:
@@ -104,11 +130,7 @@ class IdentityBatchSampler(Sampler[list[int]]):
         return rng.permutation(np.concatenate([indices, extra])).tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self.global_batches()
-        # Cut (drop_last=True) or wrap around (drop_last=False) to a multiple of world_size.
-        needed = len(self) * self.world_size
-        batches = [batches[i % len(batches)] for i in range(needed)]
-        yield from batches[self.rank :: self.world_size]
+        yield from self.global_batches()[self.rank :: self.world_size]
 
     def state_dict(self) -> dict[str, int]:
         """Plain ints that restore the order at an epoch boundary."""

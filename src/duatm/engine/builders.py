@@ -82,7 +82,16 @@ def build_train_loader(
     dataset = ImageDataset(
         records, transform, skip_broken=d.skip_broken_images, cache=d.cache_images
     )
-    sampler = IdentityBatchSampler(dataset.pids, d.num_identities, d.num_instances, seed=cfg.seed)
+    try:
+        sampler = IdentityBatchSampler(
+            dataset.pids,
+            d.num_identities,
+            d.num_instances,
+            seed=cfg.seed,
+            batches_per_epoch=cfg.schedule.iters_per_epoch,
+        )
+    except ValueError as err:
+        raise ValueError(f"data.num_identities={d.num_identities}: {err}") from err
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -8,12 +8,10 @@ exactly the run that would have continued, which `tests/test_engine.py` checks w
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +126,7 @@ class Trainer:
 
     @property
     def iterations_per_epoch(self) -> int:
-        return self.cfg.schedule.iters_per_epoch or len(self.sampler)
+        return len(self.sampler)
 
     def fit(self, stop_after: int | None = None) -> RankMetrics | None:
         """Train until ``schedule.epochs`` (or until ``stop_after`` epochs are done) and return
@@ -180,14 +178,6 @@ class Trainer:
         every = self.cfg.eval.every
         return epoch + 1 == self.cfg.schedule.epochs or (every > 0 and (epoch + 1) % every == 0)
 
-    def _batches(self) -> Iterator[dict[str, Any]]:
-        """This epoch's batches: one pass of the sampler, or ``iters_per_epoch`` batches cycling
-        through passes."""
-        if self.cfg.schedule.iters_per_epoch is None:
-            return iter(self.train_loader)
-        passes = (batch for _ in itertools.count() for batch in self.train_loader)
-        return itertools.islice(passes, self.cfg.schedule.iters_per_epoch)
-
     def _start_epoch(self, epoch: int) -> None:
         torch_seed = seed_epoch(self.cfg.seed, epoch)
         self.sampler.set_epoch(epoch)
@@ -209,7 +199,7 @@ class Trainer:
         images_seen, start = 0, time.perf_counter()
         window_images, window_start = 0, start
         bar = tqdm(
-            self._batches(),
+            self.train_loader,
             total=self.iterations_per_epoch,
             desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}",
             unit="it",
