@@ -5,16 +5,24 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
 
 from duatm.cli import main
-from duatm.config import DuATMConfig, load_config
+from duatm.config import ConfigError, DuATMConfig, load_config
 from duatm.data.datasets import Market1501
+from duatm.data.image_dataset import ImageDataset
+from duatm.data.records import ImageRecord
 from duatm.data.synthped import write_synthped
+from duatm.data.transforms import build_test_transform
+from duatm.engine.builders import resolve_device
 from duatm.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
+from duatm.engine.commands import run_guarded
 from duatm.engine.demo import (
     DEMO_JSON,
     DemoRow,
@@ -23,9 +31,11 @@ from duatm.engine.demo import (
     run_demo,
     verdict,
 )
+from duatm.engine.evaluator import query_gallery_index
 from duatm.engine.metrics_log import METRICS_JSONL, read_metrics
 from duatm.engine.trainer import Trainer, TrainingDiverged, backbone_frozen, learning_rate
 from duatm.losses import DuATMLoss, LossOutput
+from duatm.metrics import rank_metrics
 
 # Small enough for seconds per run: 12 identities (6 train), 32x16 input, a 16-d tiny DenseNet.
 TINY = [
@@ -173,6 +183,32 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     assert load_checkpoint(tmp_path / LAST_CHECKPOINT)["epoch"] == 1
 
 
+def test_nan_weights_after_a_finite_loss_stop_before_evaluating_or_saving(
+    data_root: Path, dataset: Market1501, tmp_path: Path
+) -> None:
+    trainer = Trainer(tiny_config(data_root, tmp_path), dataset=dataset, progress=False)
+    trainer.fit(stop_after=1)
+    good = (tmp_path / LAST_CHECKPOINT).read_bytes()
+    real_step = trainer.optimizer.step
+    steps = []
+
+    def poisoning_step(*args: object, **kwargs: object) -> object:
+        result = real_step(*args, **kwargs)
+        steps.append(1)
+        if len(steps) == trainer.iterations_per_epoch:  # the epoch's last step; losses were finite
+            with torch.no_grad():
+                trainer.model.classifier.bias.fill_(float("inf"))
+        return result
+
+    trainer.optimizer.step = poisoning_step  # type: ignore[method-assign]
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"weights became non-finite during epoch 2 .*classifier.bias.*after epoch 1",
+    ):
+        trainer.fit()
+    assert (tmp_path / LAST_CHECKPOINT).read_bytes() == good
+
+
 def test_cli_train_evaluate_and_resume(
     data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -284,6 +320,18 @@ def test_demo_table_lists_seeds_then_means_and_counts_seed_wins() -> None:
     )
 
 
+def test_single_seed_demo_table_gives_that_seeds_verdict() -> None:
+    rows = [
+        DemoRow("DuATM", "dual", 0, r1=0.40, r5=0.7, mAP=0.30, train_seconds=60.0),
+        DemoRow("AvePool", "avgpool", 0, r1=0.30, r5=0.6, mAP=0.32, train_seconds=30.0),
+    ]
+    table = format_demo_table(rows).splitlines()
+    assert len(table) == 2 + 2 + 2  # header, two rows, blank, verdict: no mean rows
+    assert (
+        table[-1] == "DuATM is NOT ahead of AvePool in both R1 and mAP: R1 +10.0, mAP -2.0 points."
+    )
+
+
 def test_demo_verdict_names_the_margins() -> None:
     duatm = DemoRow("DuATM", "dual", 0, r1=0.40, r5=0.6, mAP=0.30, train_seconds=1.0)
     avgpool = DemoRow("AvePool", "avgpool", 0, r1=0.35, r5=0.6, mAP=0.32, train_seconds=1.0)
@@ -293,3 +341,74 @@ def test_demo_verdict_names_the_margins() -> None:
     assert verdict(duatm, avgpool._replace(mAP=0.25)) == (
         "DuATM is ahead of AvePool: R1 +5.0, mAP +5.0 points."
     )
+
+
+def test_query_images_inside_the_gallery_are_found_by_path(tmp_path: Path) -> None:
+    files = [tmp_path / f"{name}.jpg" for name in "abc"]
+    for file in files:
+        file.write_bytes(b"")
+    (tmp_path / "link.jpg").symlink_to(files[2])
+    gallery = SimpleNamespace(
+        records=[ImageRecord(str(f), pid, 0) for f, pid in zip(files, (1, 1, 2), strict=True)]
+    )
+    query = SimpleNamespace(
+        records=[
+            ImageRecord(str(tmp_path / "link.jpg"), 2, 0),  # the same file by another name
+            ImageRecord(str(tmp_path / "elsewhere.jpg"), 2, 0),
+            ImageRecord(str(tmp_path / "sub" / ".." / "a.jpg"), 1, 0),
+        ]
+    )
+    index = query_gallery_index(query, gallery)
+    assert index is not None and index.tolist() == [2, -1, 0]
+    disjoint = SimpleNamespace(records=[ImageRecord(str(tmp_path / "x.jpg"), 1, 0)])
+    assert query_gallery_index(disjoint, gallery) is None
+    assert query_gallery_index(SimpleNamespace(), gallery) is None  # no records to compare
+    # What it prevents: with same-camera matches kept, a query would find itself first.
+    dist = np.array([[0.5, 0.9, 0.0], [0.1, 0.2, 0.3], [0.0, 0.4, 0.8]])
+    index_kept = rank_metrics(
+        dist, [2, 2, 1], [1, 1, 2], [0, 0, 0], [0, 0, 0], max_rank=3, keep_same_camera=True
+    )
+    index_removed = rank_metrics(
+        dist,
+        [2, 2, 1],
+        [1, 1, 2],
+        [0, 0, 0],
+        [0, 0, 0],
+        max_rank=3,
+        keep_same_camera=True,
+        query_gallery_index=index,
+    )
+    # Kept: queries 0 and 2 find themselves first (R1 2/3). Removed: query 0 has no other
+    # match and is skipped, query 1 misses, query 2 finds gallery 1 first (R1 1/2).
+    assert index_kept.cmc[0] == pytest.approx(2 / 3)
+    assert index_removed.cmc[0] == pytest.approx(1 / 2)
+
+
+def test_errors_from_loader_workers_are_reported_as_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    images = ImageDataset([ImageRecord(str(broken), 0, 0)], build_test_transform(8, 4))
+
+    def body() -> int:
+        for _ in DataLoader(images, batch_size=1, num_workers=1):
+            pass
+        return 0
+
+    assert run_guarded("evaluate", body) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"duatm evaluate: error: cannot read image {broken}: ")
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="device='cuda': CUDA is not available"):
+        resolve_device("cuda")
+
+
+def test_demo_refuses_other_synthped_in_its_folder(tmp_path: Path) -> None:
+    write_synthped(tmp_path / "synthped", num_ids=6, num_cameras=2, height=32, width=16)
+    with pytest.raises(FileExistsError, match="remove it or choose another --out"):
+        run_demo(tmp_path, num_ids=8, progress=False)

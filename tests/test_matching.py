@@ -205,3 +205,13 @@ def test_prepared_gallery_can_be_reused() -> None:
         torch.testing.assert_close(
             matcher.pairwise_prepared(matcher.prepare(xq), gallery), matcher.pairwise(xq, xg)
         )
+
+
+@pytest.mark.parametrize("mode", MATCHER_MODES)
+def test_empty_query_or_gallery_gives_an_empty_matrix(mode: str) -> None:
+    matcher = DualAttentionMatcher(8, mode).eval()
+    some = unit_sequences(3, 4, 8, 0, torch.float32)
+    none = some[:0]
+    with torch.no_grad():
+        assert matcher.pairwise(some, none).shape == (3, 0)
+        assert matcher.pairwise(none, some).shape == (0, 3)

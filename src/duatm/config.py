@@ -25,9 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from duatm.atomic import atomic_write_text
+from duatm.data.datasets.registry import DATASETS
+from duatm.models.backbones import BACKBONE_NAMES
+from duatm.models.matching import MATCHER_MODES
 
-# The matcher variants of paper Table 2 (DESIGN.md §1); `duatm.models.matching` accepts the same.
-MATCHER_MODES = ("dual", "intra", "inter", "avgpool")
 # The configs shipped with the package (`configs/` in a clone links here); `load_config("synthped")`.
 SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
 # The YAML key that names the file a config inherits from (relative to the file that names it).
@@ -170,11 +171,11 @@ def save_config(cfg: DuATMConfig, path: str | Path) -> None:
 def validate_config(cfg: DuATMConfig) -> None:
     """Check value ranges and choices that types cannot express; raise ConfigError naming the key."""
     m, d, lo, o, s, e = cfg.model, cfg.data, cfg.loss, cfg.optim, cfg.schedule, cfg.eval
-    _check("model.backbone", m.backbone, bool(m.backbone), "a backbone name")
+    _check("model.backbone", m.backbone, m.backbone in BACKBONE_NAMES, _one_of(BACKBONE_NAMES))
     _check("model.pretrained", m.pretrained, m.pretrained != "", '"imagenet", a path or null')
     _check("model.dim", m.dim, m.dim >= 1, "a positive integer")
-    _check("model.mode", m.mode, m.mode in MATCHER_MODES, f"one of {', '.join(MATCHER_MODES)}")
-    _check("data.dataset", d.dataset, bool(d.dataset), "a dataset name")
+    _check("model.mode", m.mode, m.mode in MATCHER_MODES, _one_of(MATCHER_MODES))
+    _check("data.dataset", d.dataset, d.dataset in DATASETS, _one_of(DATASETS))
     _check("data.root", d.root, bool(d.root), "a folder path")
     _check("data.height", d.height, d.height >= 1, "a positive integer")
     _check("data.width", d.width, d.width >= 1, "a positive integer")
@@ -189,7 +190,8 @@ def validate_config(cfg: DuATMConfig) -> None:
     _check("loss.margin", lo.margin, lo.margin >= 0.0, "a number >= 0")
     _check("loss.lambda1", lo.lambda1, lo.lambda1 >= 0.0, "a number >= 0")
     _check("loss.lambda2", lo.lambda2, lo.lambda2 >= 0.0, "a number >= 0")
-    _check("loss.drop_prob", lo.drop_prob, 0.0 <= lo.drop_prob <= 1.0, "a probability in [0, 1]")
+    # Dropping every weight always would leave only the uniform fallback: p = 1 is refused.
+    _check("loss.drop_prob", lo.drop_prob, 0.0 <= lo.drop_prob < 1.0, "a probability in [0, 1)")
     _check("optim.lr", o.lr, o.lr > 0.0, "a number > 0")
     _check("optim.momentum", o.momentum, 0.0 <= o.momentum < 1.0, "a number in [0, 1)")
     _check("optim.weight_decay", o.weight_decay, o.weight_decay >= 0.0, "a number >= 0")
@@ -226,6 +228,10 @@ def validate_config(cfg: DuATMConfig) -> None:
         '"auto", "cpu", "cuda", "cuda:N" or "mps"',
     )
     _check("log_every", cfg.log_every, cfg.log_every >= 1, "a positive integer")
+
+
+def _one_of(names: Sequence[str] | Mapping[str, object]) -> str:
+    return "one of " + ", ".join(names)
 
 
 def _check(key: str, value: object, ok: bool, expected: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from duatm.config import DuATMConfig
+from duatm.config import ConfigError, DuATMConfig
 from duatm.data.datasets import ReIDDataset, build_dataset
 from duatm.data.image_dataset import ImageDataset
 from duatm.data.records import ImageRecord
@@ -30,9 +30,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r}: CUDA is not available on this machine; use cpu")
+        raise ConfigError(f"device={name!r}: CUDA is not available on this machine; use cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(f"device={name!r}: MPS is not available on this machine; use cpu")
+        raise ConfigError(f"device={name!r}: MPS is not available on this machine; use cpu")
     return device
 
 
@@ -91,7 +91,7 @@ def build_train_loader(
             batches_per_epoch=cfg.schedule.iters_per_epoch,
         )
     except ValueError as err:
-        raise ValueError(f"data.num_identities={d.num_identities}: {err}") from err
+        raise ConfigError(f"data.num_identities={d.num_identities}: {err}") from err
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -41,6 +41,7 @@ USER_ERRORS = (
     NoValidQueryError,
     PretrainedWeightsError,
     FileNotFoundError,
+    FileExistsError,
 )
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -128,7 +129,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a last.pt / best.pt of a run")
     parser.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     parser.add_argument(
-        "--results", help="JSON file to write (default: <checkpoint>.results.json beside it)"
+        "--results",
+        help="JSON file to write (default: <checkpoint>.results.json beside it, "
+        "<checkpoint>.flip.results.json with --flip)",
     )
     _add_common(parser)
     parser.set_defaults(handler=run_evaluate)
@@ -162,7 +165,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         keep_same_camera=e.keep_same_camera,
         progress=not args.no_progress,
     )
-    results = Path(args.results) if args.results else checkpoint.with_suffix(".results.json")
+    # Flip-augmented results get their own default file instead of replacing the plain ones.
+    default_suffix = ".flip.results.json" if e.flip else ".results.json"
+    results = Path(args.results) if args.results else checkpoint.with_suffix(default_suffix)
     write_results(
         results,
         metrics,
@@ -184,8 +189,20 @@ def run_guarded(command: str, body: Callable[[], int]) -> int:
     try:
         return body()
     except USER_ERRORS as err:
-        print(f"duatm {command}: error: {err}", file=sys.stderr)
+        print(f"duatm {command}: error: {_own_message(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except TrainingDiverged as err:
         print(f"duatm {command}: stopped: {err}", file=sys.stderr)
         return EXIT_DIVERGED
+
+
+def _own_message(err: BaseException) -> str:
+    """The error's own message. An error raised in a DataLoader worker comes back wrapped in the
+    worker's traceback ("Caught X in DataLoader worker process N. Original Traceback ..."); its
+    last line is the original ``module.X: message``, and the message is what the user needs."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    prefix = f"{type(err).__module__}.{type(err).__qualname__}: "
+    return last.removeprefix(prefix)

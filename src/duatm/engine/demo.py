@@ -58,7 +58,13 @@ def run_demo(
         raise ValueError("the demo needs at least one seed")
     data_root = out / "synthped"
     start = time.perf_counter()
-    write_synthped(data_root, num_ids=num_ids, height=128, width=64, workers=2, verbose=True)
+    try:
+        write_synthped(data_root, num_ids=num_ids, height=128, width=64, workers=2, verbose=True)
+    except FileExistsError as err:
+        raise FileExistsError(
+            f"{data_root} holds other data than this demo's SynthPed (--ids {num_ids}): "
+            f"remove it or choose another --out ({err})"
+        ) from err
     print(f"SynthPed ready in {data_root} ({time.perf_counter() - start:.1f} s)")
     dataset = Market1501(data_root)
     rows = []
@@ -136,7 +142,7 @@ def format_demo_table(rows: Sequence[DemoRow]) -> str:
     if several:
         lines += [_table_line(r) for r in means]
     if len(means) == 2:
-        lines += ["", verdict(*means)]
+        lines += ["", verdict(*(means if several else rows))]
         if several:
             lines.append(_seed_count(rows, means[0].model, means[1].model))
     return "\n".join(lines)

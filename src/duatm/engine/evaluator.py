@@ -7,10 +7,12 @@ the same steps, and a future sharded (multi-process) evaluation replaces only th
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -105,6 +107,7 @@ def evaluate(
         gallery.camids.numpy(),
         max_rank=max_rank,
         keep_same_camera=keep_same_camera,
+        query_gallery_index=query_gallery_index(query_loader.dataset, gallery_loader.dataset),
     )
     timings = {
         "extract_s": extracted - start,
@@ -112,6 +115,30 @@ def evaluate(
         "rank_s": time.perf_counter() - matched,
     }
     return metrics, timings
+
+
+def query_gallery_index(query_set: object, gallery_set: object) -> np.ndarray | None:
+    """For each query, the gallery position of the same image file (-1 if absent), or None when
+    the sets share no file (the usual split) or do not list their records.
+
+    Own collections often put the query images in the gallery too; without this, each query
+    would find itself at distance 0 whenever same-camera matches are kept.
+    """
+    query_paths = _image_paths(query_set)
+    gallery_paths = _image_paths(gallery_set)
+    if query_paths is None or gallery_paths is None:
+        return None
+    position = {path: i for i, path in enumerate(gallery_paths)}
+    index = np.array([position.get(path, -1) for path in query_paths], dtype=np.int64)
+    return index if (index >= 0).any() else None
+
+
+def _image_paths(dataset: object) -> list[str] | None:
+    """Resolved file paths of a dataset's image records, or None when it has none to give."""
+    paths = [getattr(r, "path", None) for r in getattr(dataset, "records", None) or []]
+    if not paths or None in paths:
+        return None
+    return [os.path.realpath(path) for path in paths]
 
 
 def write_results(path: str | Path, metrics: RankMetrics, **extra: Any) -> Path:

@@ -140,6 +140,7 @@ class Trainer:
             while self.epoch < last:
                 epoch, started = self.epoch, time.perf_counter()
                 self._train_epoch(logger)
+                self._check_weights_finite()
                 metrics = None
                 if self._evaluate_after(epoch):
                     metrics = self.evaluate(logger)
@@ -264,16 +265,10 @@ class Trainer:
         )
         terms = losses.as_floats()
         if not math.isfinite(terms["total"]):
-            saved = self.run_dir / LAST_CHECKPOINT
-            kept = (
-                f"the last good checkpoint is {saved} (after epoch {self.epoch})"
-                if saved.is_file()
-                else "no checkpoint was written yet"
-            )
             raise TrainingDiverged(
                 f"loss became {terms['total']} at epoch {self.epoch + 1}, "
-                f"iteration {self.iteration + 1} "
-                f"(terms: {terms}); stopping without saving, {kept}. Try a lower optim.lr."
+                f"iteration {self.iteration + 1} (terms: {terms}); stopping without saving, "
+                f"{self._last_good_checkpoint(self.epoch)}. Try a lower optim.lr."
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses.total).backward()
@@ -281,6 +276,23 @@ class Trainer:
         self.scaler.update()
         self.step += 1
         return terms
+
+    def _check_weights_finite(self) -> None:
+        """After an epoch: a finite loss can still leave NaN/inf weights behind (the step it
+        took); such weights must not be evaluated or saved as the last good checkpoint."""
+        bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise TrainingDiverged(
+                f"weights became non-finite during epoch {self.epoch} ({len(bad)} tensors, "
+                f"e.g. {bad[0]}); stopping without saving, "
+                f"{self._last_good_checkpoint(self.epoch - 1)}. Try a lower optim.lr."
+            )
+
+    def _last_good_checkpoint(self, epochs_done: int) -> str:
+        saved = self.run_dir / LAST_CHECKPOINT
+        if saved.is_file():
+            return f"the last good checkpoint is {saved} (after epoch {epochs_done})"
+        return "no checkpoint was written yet"
 
     def _state(self) -> dict[str, Any]:
         return {

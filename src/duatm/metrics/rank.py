@@ -298,10 +298,11 @@ def _no_valid_query_message(
             f"- {all_removed} of them: every true match is under the query's own camera"
             f"{camera_note}{self_note}; the Market-1501 protocol removes gallery images with the "
             "same pid AND the same camera as the query, so nothing is left to find. For "
-            "single-camera data or data whose camera ids carry no meaning, call with "
-            "keep_same_camera=True: "
+            "single-camera data or data whose camera ids carry no meaning, evaluate with "
+            "keep_same_camera=True (on the duatm command line: --set eval.keep_same_camera=true): "
             "same-camera matches are then kept and only the query image itself is removed "
-            "(pass query_gallery_index if the gallery contains the query images)."
+            "(duatm's evaluator finds query images in the gallery by their file path; from "
+            "Python, pass query_gallery_index)."
         )
     elif all_removed:
         lines.append(

@@ -215,6 +215,8 @@ class DualAttentionMatcher(nn.Module):
             )
         grad = torch.is_grad_enabled()
         dtype = _accumulation_dtype(query.x)
+        if num_q == 0 or num_g == 0:
+            return torch.zeros(num_q, num_g, device=query.x.device, dtype=dtype)
         tile_q, tile_g = self.tile_shape(
             num_q, num_g, len_q, len_g, query.x.device, dtype, grad, max_tile_bytes
         )

@@ -83,7 +83,8 @@ class BoundingBoxDataset(ReIDDataset[ImageRecord]):
         expected = ", ".join(f"{folder}/" for folder in cls.splits.values())
         hint = (
             f"{cls.name} expects a folder holding {expected} "
-            f"(unpack the official {cls.archive}, which creates {cls.official_dir}/)"
+            f"(unpack the official {cls.archive}, which creates {cls.official_dir}/; "
+            "or write the built-in SynthPed there in this layout: duatm synth --out ROOT)"
         )
         if not root.is_dir():
             raise DatasetLayoutError(f"{cls.name} root not found: {root}; {hint}")
