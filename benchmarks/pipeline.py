@@ -81,7 +81,11 @@ def measure(cfg: DuATMConfig, dataset: Market1501, iters: int, rounds: int) -> d
         return iters * batch_size
 
     test_images = torch.randn(cfg.data.test_batch_size, 3, cfg.data.height, cfg.data.width)
-    loader = build_test_loader(cfg, dataset.gallery[: cfg.data.test_batch_size * iters])
+    # As many images as the bare forward sees (the gallery repeated when it is smaller), so
+    # both sides run the same number of full batches.
+    num_images = cfg.data.test_batch_size * iters
+    repeats = -(-num_images // len(dataset.gallery))
+    loader = build_test_loader(cfg, (list(dataset.gallery) * repeats)[:num_images])
 
     def bare_forward() -> int:
         model.eval()
