@@ -141,7 +141,7 @@ def test_training_writes_the_run_folder(
         assert (tmp_path / name).is_file(), name
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["kind"] == "epoch"]
-    assert [r["epoch"] for r in epochs] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]  # 1-based, like the eval records
     train = [r for r in records if r["kind"] == "train"]
     assert len(train) == 4 * 3  # log_every=1: one record per iteration
     assert {"total", "triplet", "decorrelation", "cross_entropy", "lr"} <= train[0].keys()

@@ -224,7 +224,7 @@ class Trainer:
                     "train",
                     {**terms, "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": speed},
                     step=self.step,
-                    epoch=epoch,
+                    epoch=epoch + 1,  # 1-based in logs, as on the console and in eval records
                 )
             bar.set_postfix(
                 loss=f"{terms['total']:.3f}",
@@ -240,7 +240,7 @@ class Trainer:
             "epoch",
             {**means, "seconds": seconds, "images_per_s": images_seen / max(seconds, 1e-9)},
             step=self.step,
-            epoch=epoch,
+            epoch=epoch + 1,
         )
         tqdm.write(
             f"epoch {epoch + 1}/{cfg.schedule.epochs}: "
