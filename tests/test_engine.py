@@ -412,3 +412,15 @@ def test_demo_refuses_other_synthped_in_its_folder(tmp_path: Path) -> None:
     write_synthped(tmp_path / "synthped", num_ids=6, num_cameras=2, height=32, width=16)
     with pytest.raises(FileExistsError, match="remove it or choose another --out"):
         run_demo(tmp_path, num_ids=8, progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_with_mixed_precision_runs_and_evaluates(
+    data_root: Path, dataset: Market1501, tmp_path: Path
+) -> None:
+    cfg = tiny_config(data_root, tmp_path, "device=cuda", "amp=true")
+    trainer = Trainer(cfg, dataset=dataset, progress=False)
+    assert trainer.amp
+    metrics = trainer.fit()
+    assert metrics is not None and 0.0 <= metrics.mAP <= 1.0
+    assert all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters())

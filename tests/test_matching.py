@@ -215,3 +215,15 @@ def test_empty_query_or_gallery_gives_an_empty_matrix(mode: str) -> None:
     with torch.no_grad():
         assert matcher.pairwise(some, none).shape == (3, 0)
         assert matcher.pairwise(none, some).shape == (0, 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", MATCHER_MODES)
+def test_cuda_pairwise_matches_cpu(mode: str) -> None:
+    matcher = randomised_matcher(16, mode, seed=2).float().eval()
+    xq = unit_sequences(5, 6, 16, 0, torch.float32)
+    xg = unit_sequences(7, 6, 16, 1, torch.float32)
+    with torch.no_grad():
+        cpu = matcher.pairwise(xq, xg)
+        gpu = matcher.cuda().pairwise(xq.cuda(), xg.cuda(), max_tile_bytes=5_000)
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
