@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -99,11 +98,9 @@ class IdentityBatchSampler(Sampler[list[int]]):
         """All batches of the current epoch, before the split across ranks."""
         needed = len(self) * self.world_size
         batches: list[list[int]] = []
-        for pass_ in itertools.count():
-            batches += self._pass(pass_)
-            if len(batches) >= needed:
-                return batches[:needed]
-        raise AssertionError("unreachable")
+        while len(batches) < needed:
+            batches += self._pass(len(batches) // self.batches_per_pass())
+        return batches[:needed]
 
     def _pass(self, pass_: int) -> list[list[int]]:
         """The batches of one pass: every identity once, in a shuffled order."""
