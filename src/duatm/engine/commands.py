@@ -11,21 +11,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from duatm.api import load
 from duatm.config import ConfigError, config_from_dict, load_config
 from duatm.data.datasets import DatasetError
 from duatm.data.transforms import ImageReadError
-from duatm.engine.builders import (
-    build_model,
-    build_test_loader,
-    load_dataset,
-    resolve_device,
-)
-from duatm.engine.checkpoint import (
-    LAST_CHECKPOINT,
-    CheckpointError,
-    load_checkpoint,
-    load_model_state,
-)
+from duatm.engine.builders import build_test_loader, load_dataset
+from duatm.engine.checkpoint import LAST_CHECKPOINT, CheckpointError, load_checkpoint
 from duatm.engine.evaluator import evaluate, write_results
 from duatm.engine.trainer import Trainer, TrainingDiverged
 from duatm.metrics import NoValidQueryError
@@ -144,22 +135,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
-    state = load_checkpoint(checkpoint)
     overrides = _overrides(args) + (["eval.flip=true"] if args.flip else [])
-    cfg = config_from_dict(state["config"], str(checkpoint), overrides)
-    device = resolve_device(cfg.device)
+    model = load(checkpoint, device=None, overrides=overrides)
+    cfg = model.config
     dataset = load_dataset(cfg)
-    model = build_model(cfg, state["num_classes"], load_pretrained=False)
-    load_model_state(model, state["model"], str(checkpoint))
-    model.to(device)
     e = cfg.eval
     metrics, timings = evaluate(
-        model,
+        model.module,
         build_test_loader(cfg, dataset.query),
         build_test_loader(cfg, dataset.gallery),
-        device,
+        model.device,
         flip=e.flip,
-        amp=cfg.amp and device.type == "cuda",
+        amp=model.amp,
         tile_mb=e.tile_mb,
         max_rank=e.max_rank,
         keep_same_camera=e.keep_same_camera,
@@ -172,13 +159,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         results,
         metrics,
         checkpoint=str(checkpoint),
-        epoch=state["epoch"],
+        epoch=model.epoch,
         dataset=cfg.data.dataset,
         data_root=cfg.data.root,
         flip=e.flip,
         seconds=timings,
     )
-    print(f"{checkpoint} (epoch {state['epoch']}) on {cfg.data.root}")
+    print(f"{checkpoint} (epoch {model.epoch}) on {cfg.data.root}")
     print(format_rank_table(metrics))
     print(f"results written to {results}")
     return 0

@@ -52,16 +52,25 @@ def extract(
     total = len(loader.dataset)  # type: ignore[arg-type]
     with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for batch in loader:
-            images = normalise(batch["image"].to(device, non_blocking=True))
-            with autocast_for(device, amp):
-                sequences = model.extract_sequences(images, flip=flip)
-            chunks.append(sequences.float())
+            chunks.append(extract_batch(model, batch["image"], device, flip=flip, amp=amp))
             pids.append(batch["pid"])
             camids.append(batch["camid"])
-            bar.update(len(images))
+            bar.update(len(batch["image"]))
     if not chunks:
         raise ValueError(f"{desc}: the loader yielded no images")
     return ExtractedSequences(torch.cat(chunks), torch.cat(pids), torch.cat(camids))
+
+
+def extract_batch(
+    model: DuATM, images: Tensor, device: torch.device, *, flip: bool = False, amp: bool = False
+) -> Tensor:
+    """float32 sequences (B, S, D) on ``device`` of a uint8 batch (B, 3, H, W) from a pixel
+    pipeline: the one extraction step that evaluation, indexing and :func:`duatm.load`'s
+    ``extract`` share, so that they give the same numbers."""
+    pixels = normalise(images.to(device, non_blocking=True))
+    with autocast_for(device, amp):
+        sequences = model.extract_sequences(pixels, flip=flip)
+    return sequences.float()
 
 
 def distance_matrix(
