@@ -189,6 +189,12 @@ def test_top_level_list_is_rejected(tmp_path: Path) -> None:
         (["seed=-1"], "seed"),
         (["device=gpu"], "device"),
         (["log_every=0"], "log_every"),
+        (["data.split=1"], "data.split"),  # Market-1501 has one split
+        (["data.clip_len=0"], "data.clip_len"),
+        (["data.clip_start=last"], "data.clip_start"),
+        (["data.test_clip_mode=dense"], "data.test_clip_mode"),
+        (["data.test_clip_len=0"], "data.test_clip_len"),
+        (["data.test_clip_start=random"], "data.test_clip_start"),  # evaluation must repeat
     ],
 )
 def test_invalid_values_are_rejected_naming_the_key(overrides: list[str], key: str) -> None:
@@ -205,6 +211,8 @@ def test_invalid_values_are_rejected_naming_the_key(overrides: list[str], key: s
         ["device=cuda:1"],
         ["optim.nesterov=true"],
         [f"model.mode={MATCHER_MODES[-1]}"],
+        ["data.clip_len=1", "data.clip_start=first", "data.test_clip_start=middle"],
+        ["data.test_clip_mode=all"],
     ],
 )
 def test_boundary_values_are_accepted(overrides: list[str]) -> None:

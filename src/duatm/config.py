@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from duatm.atomic import atomic_write_text
+from duatm.data.clips import CLIP_STARTS, TEST_CLIP_MODES
 from duatm.data.datasets.registry import DATASETS
 from duatm.models.backbones import BACKBONE_NAMES
 from duatm.models.matching import MATCHER_MODES
@@ -53,7 +54,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "market1501"  # dataset parser: "market1501", "dukemtmcreid", "imagefolder"
+    dataset: str = "market1501"  # dataset parser, one of DATASETS (data/datasets/registry.py)
     root: str = "data/market1501"  # folder holding the dataset's split folders
     height: int = 256  # input image height in pixels
     width: int = 128  # input image width in pixels
@@ -66,6 +67,13 @@ class DataConfig:
     test_batch_size: int = 64  # images per batch when extracting query/gallery sequences
     skip_broken_images: bool = False  # drop unreadable images with a warning instead of failing
     cache_images: bool = False  # decode + resize every image once and keep it in memory (uint8)
+    # Video datasets only (docs/design.md#video-clips); image datasets ignore these.
+    split: int = 0  # which of the standard train/test splits (0-based): ilidsvid, prid2011 have 10
+    clip_len: int = 16  # T: consecutive frames per training clip (paper: 16)
+    clip_start: str = "random"  # where a training clip starts: "random" (paper), "first", "middle"
+    test_clip_mode: str = "clip"  # evaluation: "clip" (test_clip_len frames) or "all" (every frame)
+    test_clip_len: int = 64  # frames per evaluation clip in "clip" mode (paper: 64)
+    test_clip_start: str = "first"  # where an evaluation clip starts: "first" or "middle"
 
 
 @dataclass
@@ -187,6 +195,32 @@ def validate_config(cfg: DuATMConfig) -> None:
     _check("data.flip_prob", d.flip_prob, 0.0 <= d.flip_prob <= 1.0, "a probability in [0, 1]")
     _check("data.random_erasing", d.random_erasing, 0.0 <= d.random_erasing <= 1.0, "in [0, 1]")
     _check("data.test_batch_size", d.test_batch_size, d.test_batch_size >= 1, "a positive integer")
+    num_splits = DATASETS[d.dataset].num_splits
+    _check(
+        "data.split",
+        d.split,
+        0 <= d.split < num_splits,
+        f"0 (dataset {d.dataset} has one split)"
+        if num_splits == 1
+        else f"an integer in 0..{num_splits - 1} (dataset {d.dataset} has {num_splits} splits)",
+    )
+    _check("data.clip_len", d.clip_len, d.clip_len >= 1, "a positive integer")
+    _check("data.clip_start", d.clip_start, d.clip_start in CLIP_STARTS, _one_of(CLIP_STARTS))
+    _check(
+        "data.test_clip_mode",
+        d.test_clip_mode,
+        d.test_clip_mode in TEST_CLIP_MODES,
+        _one_of(TEST_CLIP_MODES),
+    )
+    _check("data.test_clip_len", d.test_clip_len, d.test_clip_len >= 1, "a positive integer")
+    # Evaluation must give the same numbers every time: no random start.
+    test_starts = [s for s in CLIP_STARTS if s != "random"]
+    _check(
+        "data.test_clip_start",
+        d.test_clip_start,
+        d.test_clip_start in test_starts,
+        _one_of(test_starts),
+    )
     _check("loss.margin", lo.margin, lo.margin >= 0.0, "a number >= 0")
     _check("loss.lambda1", lo.lambda1, lo.lambda1 >= 0.0, "a number >= 0")
     _check("loss.lambda2", lo.lambda2, lo.lambda2 >= 0.0, "a number >= 0")

@@ -58,13 +58,13 @@ class ImageDataset(Dataset[dict[str, Any]]):
         self.records = list(records)
         self.cached: torch.Tensor | None = None
         if skip_broken or cache:
-            self.records, self.skipped, prepared = _decode_all(
-                records, transform, skip_broken=skip_broken, keep=cache
+            decoded = decode_images(
+                [r.path for r in records], transform, skip_broken=skip_broken, keep=cache
             )
+            self.records = [self.records[i] for i in decoded.readable]
+            self.skipped = decoded.broken
             if cache:
-                self.cached = (
-                    torch.stack(prepared) if prepared else torch.empty(0, dtype=torch.uint8)
-                )
+                self.cached = stack_prepared(decoded.prepared)
             if self.skipped:
                 named = ", ".join(s.path for s in self.skipped[:MAX_LOGGED_FILES])
                 logger.warning(
@@ -96,25 +96,39 @@ class ImageDataset(Dataset[dict[str, Any]]):
         return {"image": image, "pid": record.pid, "camid": record.camid, "index": index}
 
 
-def _decode_all(
-    records: Sequence[ImageRecord], transform: PixelPipeline, *, skip_broken: bool, keep: bool
-) -> tuple[list[ImageRecord], list[SkippedImage], list[torch.Tensor]]:
-    """Decode every record once: (readable records, unreadable ones, prepared pixels if ``keep``).
+class DecodedImages(NamedTuple):
+    """What :func:`decode_images` found: positions of the readable paths, the unreadable ones,
+    and the prepared pixels of the readable ones (empty unless asked to keep them)."""
+
+    readable: list[int]
+    broken: list[SkippedImage]
+    prepared: list[torch.Tensor]
+
+
+def decode_images(
+    paths: Sequence[str], transform: PixelPipeline, *, skip_broken: bool, keep: bool
+) -> DecodedImages:
+    """Decode every path once, to check it and, with ``keep``, to cache its prepared pixels.
 
     An unreadable image raises :class:`ImageReadError` unless ``skip_broken``.
     """
-    good: list[ImageRecord] = []
+    readable: list[int] = []
     broken: list[SkippedImage] = []
     prepared: list[torch.Tensor] = []
-    for record in records:
+    for position, path in enumerate(paths):
         try:
-            image = read_image(record.path)
+            image = read_image(path)
         except ImageReadError as exc:
             if not skip_broken:
                 raise
-            broken.append(SkippedImage(record.path, str(exc.__cause__ or exc)))
+            broken.append(SkippedImage(path, str(exc.__cause__ or exc)))
             continue
-        good.append(record)
+        readable.append(position)
         if keep:
             prepared.append(transform.prepare(image).as_subclass(torch.Tensor))
-    return good, broken, prepared
+    return DecodedImages(readable, broken, prepared)
+
+
+def stack_prepared(prepared: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One uint8 tensor (N, 3, H, W) of prepared images: the in-memory cache."""
+    return torch.stack(list(prepared)) if prepared else torch.empty(0, dtype=torch.uint8)

@@ -53,6 +53,8 @@ class ReIDDataset(Generic[RecordT]):
     name: ClassVar[str] = "reid"
     #: What one record is, for the summary column ("images" or "tracklets").
     unit: ClassVar[str] = "images"
+    #: How many standard train/test splits the dataset defines (``data.split`` picks one).
+    num_splits: ClassVar[int] = 1
 
     def __init__(
         self,
