@@ -10,12 +10,13 @@ from duatm import __version__
 from duatm.data.synthped import add_synth_arguments
 from duatm.engine.commands import add_evaluate_arguments, add_train_arguments
 from duatm.engine.demo import add_demo_arguments
+from duatm.search.commands import add_index_arguments, add_search_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="duatm",
-        description="DuATM person re-identification: train, evaluate, generate SynthPed data, run the demo.",
+        description="DuATM person re-identification: train, evaluate, index and search a gallery, generate SynthPed data, run the demo.",
     )
     parser.add_argument("--version", action="version", version=f"duatm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -25,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(commands.add_parser("train", help="train a model from a config"))
     add_evaluate_arguments(
         commands.add_parser("evaluate", help="rank metrics of a checkpoint on query/gallery")
+    )
+    add_index_arguments(
+        commands.add_parser("index", help="extract a gallery once and save it as a search index")
+    )
+    add_search_arguments(
+        commands.add_parser("search", help="rank a gallery index for query images")
     )
     add_synth_arguments(
         commands.add_parser(

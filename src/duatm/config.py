@@ -34,6 +34,9 @@ from duatm.models.matching import MATCHER_MODES
 SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
 # The YAML key that names the file a config inherits from (relative to the file that names it).
 BASE_KEY = "base"
+# First-stage neighbour search of `duatm search` and storage types of a gallery index.
+SEARCH_BACKENDS = ("auto", "faiss", "torch")
+INDEX_DTYPES = ("float32", "float16")
 _DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -111,6 +114,18 @@ class EvalConfig:
 
 
 @dataclass
+class SearchConfig:
+    top: int = 10  # gallery items listed per query by `duatm search`
+    shortlist: int = 1000  # first-stage candidates per query scored exactly (0 = whole gallery)
+    backend: str = (
+        "auto"  # first-stage neighbour search: "auto" (faiss if installed), "faiss", "torch"
+    )
+    index_dtype: str = (
+        "float32"  # sequences in a saved index: "float32" or "float16" (half the size)
+    )
+
+
+@dataclass
 class DuATMConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -118,6 +133,7 @@ class DuATMConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     out_dir: str = "runs/default"  # run folder: config, checkpoints, metrics
     seed: int = 0  # seeds python, numpy and torch (and the identity sampler)
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:N" or "mps"
@@ -179,6 +195,7 @@ def save_config(cfg: DuATMConfig, path: str | Path) -> None:
 def validate_config(cfg: DuATMConfig) -> None:
     """Check value ranges and choices that types cannot express; raise ConfigError naming the key."""
     m, d, lo, o, s, e = cfg.model, cfg.data, cfg.loss, cfg.optim, cfg.schedule, cfg.eval
+    se = cfg.search
     _check("model.backbone", m.backbone, m.backbone in BACKBONE_NAMES, _one_of(BACKBONE_NAMES))
     _check("model.pretrained", m.pretrained, m.pretrained != "", '"imagenet", a path or null')
     _check("model.dim", m.dim, m.dim >= 1, "a positive integer")
@@ -253,6 +270,12 @@ def validate_config(cfg: DuATMConfig) -> None:
     _check("eval.every", e.every, e.every >= 0, "an integer >= 0")
     _check("eval.max_rank", e.max_rank, e.max_rank >= 1, "a positive integer")
     _check("eval.tile_mb", e.tile_mb, e.tile_mb >= 1, "a positive integer")
+    _check("search.top", se.top, se.top >= 1, "a positive integer")
+    _check("search.shortlist", se.shortlist, se.shortlist >= 0, "an integer >= 0 (0 = exact)")
+    _check("search.backend", se.backend, se.backend in SEARCH_BACKENDS, _one_of(SEARCH_BACKENDS))
+    _check(
+        "search.index_dtype", se.index_dtype, se.index_dtype in INDEX_DTYPES, _one_of(INDEX_DTYPES)
+    )
     _check("out_dir", cfg.out_dir, bool(cfg.out_dir), "a folder path")
     _check("seed", cfg.seed, 0 <= cfg.seed < 2**32, "an integer in [0, 2**32)")
     _check(

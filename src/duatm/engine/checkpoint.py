@@ -94,48 +94,55 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
         torch.save(state, handle)
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint` without executing code from the file."""
+def load_checkpoint(
+    path: str | Path, map_location: Any = "cpu", *, mmap: bool = False, kind: str = "checkpoint"
+) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint` without executing code from the file.
+
+    ``mmap=True`` maps the tensors from the file instead of reading them (pages load when a
+    tensor is used: how a large gallery index is searched without reading all of it); ``kind``
+    names what the file should be in error messages (``"checkpoint"``, ``"index"``).
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"{kind} not found: {path}")
     with path.open("rb") as handle:
         magic = handle.read(len(_ZIP_MAGIC))
     if magic != _ZIP_MAGIC:
         detail = "the file is empty" if not magic else "not a torch zip archive"
-        raise CheckpointError(f"{path} is truncated or not a duatm checkpoint ({detail})")
+        raise CheckpointError(f"{path} is truncated or not a duatm {kind} ({detail})")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if refused:
             raise CheckpointError(
                 f"{path}: the safe (weights_only) loader refused an object of type "
-                f"{refused.group(1)}; duatm checkpoints hold only tensors, numbers, strings and "
-                "containers of them, so this file was not written by duatm.save_checkpoint"
+                f"{refused.group(1)}; duatm {kind}s hold only tensors, numbers, strings and "
+                "containers of them, so this file was not written by duatm"
             ) from err
-        raise _corrupt(path, err) from err
+        raise _corrupt(path, err, kind) from err
     except (EOFError, IndexError, KeyError, ValueError, zipfile.BadZipFile) as err:
-        raise _corrupt(path, err) from err
+        raise _corrupt(path, err, kind) from err
     except OSError as err:
         if err.errno != errno.EINVAL:  # the zip reader's answer to a cut-off archive
             raise
-        raise _corrupt(path, err) from err
+        raise _corrupt(path, err, kind) from err
     except RuntimeError as err:
         if "PytorchStreamReader" in str(err):
-            raise _corrupt(path, err) from err
-        raise CheckpointError(f"{path}: could not load the checkpoint: {err}") from err
+            raise _corrupt(path, err, kind) from err
+        raise CheckpointError(f"{path}: could not load the {kind}: {err}") from err
     if not isinstance(state, dict):
         raise CheckpointError(
-            f"{path} is not a duatm checkpoint: it holds a {type(state).__name__}, not a dict"
+            f"{path} is not a duatm {kind}: it holds a {type(state).__name__}, not a dict"
         )
     return state
 
 
-def _corrupt(path: Path, err: BaseException) -> CheckpointError:
+def _corrupt(path: Path, err: BaseException, kind: str) -> CheckpointError:
     detail = str(err).splitlines()[0] if str(err) else "unexpected end of file"
     return CheckpointError(
-        f"{path} is truncated or not a duatm checkpoint ({type(err).__name__}: {detail})"
+        f"{path} is truncated or not a duatm {kind} ({type(err).__name__}: {detail})"
     )
 
 
