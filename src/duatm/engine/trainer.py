@@ -1,4 +1,8 @@
-"""Training DuATM with the paper's recipe: checkpoints every epoch, exact resume, periodic evaluation.
+"""Training DuATM with the paper's recipe: the loop, and the hooks that make a run of it.
+
+`Trainer.fit` runs epochs of optimiser steps; everything else a run does (backbone freezing, the
+learning-rate schedule, the non-finite guard, metric logging, periodic evaluation, checkpoints,
+final results) is a hook from `duatm.engine.hooks`, in the order `default_hooks` gives.
 
 An epoch is a pure function of (config, seed, epoch number, state at its start): the sampler
 order, the loader's worker seeds and the global random generators are all reseeded from
@@ -8,10 +12,10 @@ exactly the run that would have continued, which `tests/test_engine.py` checks w
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-import math
-import time
-from collections import defaultdict
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,31 +35,63 @@ from duatm.engine.builders import (
     resolve_device,
 )
 from duatm.engine.checkpoint import (
-    BEST_CHECKPOINT,
-    LAST_CHECKPOINT,
     CheckpointError,
     capture_rng_state,
     load_checkpoint,
     load_model_state,
     restore_rng_state,
-    save_checkpoint,
 )
-from duatm.engine.evaluator import RESULTS_JSON, evaluate, write_results
-from duatm.engine.metrics_log import METRICS_JSONL, MetricsLogger, plot_metrics
+from duatm.engine.evaluator import evaluate
+from duatm.engine.hooks import (
+    CURVES_PNG,
+    BackboneFreeze,
+    Checkpointing,
+    Evaluation,
+    FinalResults,
+    Hook,
+    LRSchedule,
+    MetricLogging,
+    NonFiniteGuard,
+    TrainingDiverged,
+    WallClock,
+)
+from duatm.engine.metrics_log import MetricsLogger
 from duatm.engine.seed import seed_epoch, seed_everything
 from duatm.losses import DuATMLoss
 from duatm.metrics import RankMetrics
-from duatm.metrics.report import format_rank_table, rank_metrics_to_dict
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CONFIG_YAML",
+    "CURVES_PNG",
+    "Trainer",
+    "TrainingDiverged",
+    "backbone_frozen",
+    "default_hooks",
+    "learning_rate",
+]
 
 _LOG = logging.getLogger(__name__)
 CONFIG_YAML = "config.yaml"
-CURVES_PNG = "curves.png"
 # Bumped when the checkpoint layout changes, so old files get a clear error, not a KeyError.
 CHECKPOINT_FORMAT = 1
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the run stopped before saving the broken weights."""
+# Checkpoint keys the trainer itself owns; a hook's state_key must be none of them.
+_CORE_KEYS = frozenset(
+    {
+        "format",
+        "duatm_version",
+        "config",
+        "num_classes",
+        "epoch",
+        "step",
+        "seconds",
+        "model",
+        "optimizer",
+        "scaler",
+        "sampler",
+        "rng",
+    }
+)
 
 
 def learning_rate(cfg: DuATMConfig, epoch: int) -> float:
@@ -69,8 +105,30 @@ def backbone_frozen(cfg: DuATMConfig, epoch: int) -> bool:
     return epoch < cfg.schedule.freeze_backbone_epochs
 
 
+def default_hooks(trainer: Trainer) -> list[Hook]:
+    """The hooks of a run, in the order they run at every event. The order matters where one
+    hook reads what another did: the guard checks the weights before anything evaluates or
+    saves them; the clock stops after the evaluation and before the checkpoint that records it;
+    the checkpoint selects ``best.pt`` on the evaluation that ran just before it."""
+    cfg, run_dir = trainer.cfg, trainer.run_dir
+    return [
+        BackboneFreeze(cfg.schedule.freeze_backbone_epochs),
+        LRSchedule(functools.partial(learning_rate, cfg)),
+        NonFiniteGuard(run_dir),
+        MetricLogging(cfg.log_every, cfg.schedule.epochs),
+        trainer.evaluation,
+        WallClock(),
+        Checkpointing(run_dir, selection=trainer.evaluation, metric="mAP"),
+        FinalResults(run_dir, trainer.evaluation, cfg.schedule.epochs),
+    ]
+
+
 class Trainer:
     """Trains one model of ``cfg`` in ``cfg.out_dir`` and evaluates it on the query/gallery split.
+
+    ``hooks`` (built by `default_hooks`) is a plain list: insert or replace hooks before `fit`
+    to change what a run does around the loop. ``evaluation`` is the test-split evaluation hook
+    whose final outcome `fit` returns.
 
     Args:
         cfg: a checked run config.
@@ -120,9 +178,21 @@ class Trainer:
         self.step = 0  # optimiser steps taken
         self.iteration = 0  # within the current epoch, for messages
         self.seconds = 0.0  # wall time spent in training and evaluation, over all sessions
-        self.best: dict[str, float | int] | None = None  # {"mAP": ..., "epoch": ...}
+        self.logger: MetricsLogger | None = None  # open during `fit`, on the main process
+        self.progress_bar: tqdm | None = None  # the current epoch's bar
+        self.evaluation = Evaluation(
+            self._evaluate_test, every=cfg.eval.every, last_epoch=cfg.schedule.epochs
+        )
+        self.hooks: list[Hook] = default_hooks(self)
+        self._resumed_hook_states: dict[str, Any] = {}
+        self._resumed_from = ""
         if checkpoint is not None:
             self._restore(checkpoint, str(resume_from))
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run folder, logs and prints (rank 0)."""
+        return True
 
     @property
     def iterations_per_epoch(self) -> int:
@@ -131,128 +201,129 @@ class Trainer:
     def fit(self, stop_after: int | None = None) -> RankMetrics | None:
         """Train until ``schedule.epochs`` (or until ``stop_after`` epochs are done) and return
         the final evaluation, or None when stopped early or already complete."""
-        cfg = self.cfg
-        last = cfg.schedule.epochs if stop_after is None else min(stop_after, cfg.schedule.epochs)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / CONFIG_YAML)
-        final: RankMetrics | None = None
-        with MetricsLogger(self.run_dir, keep_until_step=self.step) as logger:
+        last = self.cfg.schedule.epochs
+        if stop_after is not None:
+            last = min(stop_after, last)
+        self.evaluation.latest = None
+        self._restore_hook_states()
+        with self._run_folder():
+            self._call("before_train")
             while self.epoch < last:
-                epoch, started = self.epoch, time.perf_counter()
-                self._train_epoch(logger)
-                self._check_weights_finite()
-                metrics = None
-                if self._evaluate_after(epoch):
-                    metrics = self.evaluate(logger)
-                    if epoch + 1 == cfg.schedule.epochs:
-                        final = metrics
-                self.seconds += time.perf_counter() - started
-                self._save(metrics)
-        if final is not None:
-            self._finish(final)
-        return final
-
-    def evaluate(self, logger: MetricsLogger | None = None) -> RankMetrics:
-        """Rank metrics of the current model on the query/gallery split (logged when a logger is
-        given)."""
-        e = self.cfg.eval
-        metrics, timings = evaluate(
-            self.model,
-            self.query_loader,
-            self.gallery_loader,
-            self.device,
-            flip=e.flip,
-            amp=self.amp,
-            tile_mb=e.tile_mb,
-            max_rank=e.max_rank,
-            keep_same_camera=e.keep_same_camera,
-            progress=self.progress,
+                self._train_epoch()
+                self._call("after_epoch")
+            self._call("after_train")
+        final = self.evaluation.latest
+        return (
+            final.metrics if final is not None and final.epoch == self.cfg.schedule.epochs else None
         )
-        summary = rank_metrics_to_dict(metrics)
-        del summary["cmc"]
-        if logger is not None:
-            logger.log("eval", {**summary, **timings}, step=self.step, epoch=self.epoch)
-        tqdm.write(f"epoch {self.epoch}: evaluation\n{format_rank_table(metrics)}")
-        return metrics
 
-    def _evaluate_after(self, epoch: int) -> bool:
-        every = self.cfg.eval.every
-        return epoch + 1 == self.cfg.schedule.epochs or (every > 0 and (epoch + 1) % every == 0)
+    def log(self, kind: str, metrics: Mapping[str, Any], *, epoch: int | None = None) -> None:
+        """A metric record at the current step (``epoch`` defaults to the epochs done); only the
+        main process writes."""
+        if self.logger is not None:
+            self.logger.log(
+                kind, metrics, step=self.step, epoch=self.epoch if epoch is None else epoch
+            )
 
-    def _start_epoch(self, epoch: int) -> None:
-        torch_seed = seed_epoch(self.cfg.seed, epoch)
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a checkpoint holds: the trainer's own state and each hook's."""
+        state: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
+            "duatm_version": __version__,
+            "config": config_to_dict(self.cfg),
+            "num_classes": self.dataset.num_train_pids,
+            "epoch": self.epoch,
+            "step": self.step,
+            "seconds": self.seconds,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": capture_rng_state(),
+        }
+        for hook in self._stateful_hooks():
+            state[hook.state_key] = hook.state_dict()
+        return state
+
+    def _stateful_hooks(self) -> list[Any]:
+        """Hooks that own checkpoint state; a key of the trainer's own would be overwritten."""
+        hooks = [hook for hook in self.hooks if hook.state_key is not None]
+        for hook in hooks:
+            if hook.state_key in _CORE_KEYS:
+                raise ValueError(
+                    f"{type(hook).__name__}.state_key {hook.state_key!r} is the trainer's own"
+                )
+        return hooks
+
+    def _restore_hook_states(self) -> None:
+        """Give each stateful hook its state from the checkpoint resumed from (once)."""
+        states, self._resumed_hook_states = self._resumed_hook_states, {}
+        for hook in self._stateful_hooks():
+            if hook.state_key in states:
+                hook.load_state_dict(states[hook.state_key])
+            elif self._resumed_from:
+                _LOG.warning(
+                    "%s holds no %r state for %s; it starts afresh",
+                    self._resumed_from,
+                    hook.state_key,
+                    type(hook).__name__,
+                )
+        self._resumed_from = ""
+
+    def _call(self, event: str, *args: Any) -> None:
+        for hook in self.hooks:
+            if self.is_main or not hook.main_process_only:
+                getattr(hook, event)(self, *args)
+
+    @contextlib.contextmanager
+    def _run_folder(self) -> Iterator[None]:
+        """The run folder, open for writing during `fit` (main process only): config.yaml and
+        the metric logs. Records logged after this run's step are dropped: they describe work
+        lost with a crash, about to be redone."""
+        if not self.is_main:
+            yield
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.run_dir / CONFIG_YAML)
+        with MetricsLogger(self.run_dir, keep_until_step=self.step) as logger:
+            self.logger = logger
+            try:
+                yield
+            finally:
+                self.logger = None
+
+    def _train_epoch(self) -> None:
+        epoch, cfg = self.epoch, self.cfg
+        torch_seed = seed_epoch(cfg.seed, epoch)
         self.sampler.set_epoch(epoch)
         generator = self.train_loader.generator
         assert generator is not None  # build_train_loader always gives one
         generator.manual_seed(torch_seed)
-        if backbone_frozen(self.cfg, epoch):
-            self.model.freeze_backbone()
-        else:
-            self.model.unfreeze_backbone()
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.cfg, epoch)
+        self._call("before_epoch")
         self.model.train()
-
-    def _train_epoch(self, logger: MetricsLogger) -> None:
-        epoch, cfg = self.epoch, self.cfg
-        self._start_epoch(epoch)
-        sums: dict[str, float] = defaultdict(float)
-        images_seen, start = 0, time.perf_counter()
-        window_images, window_start = 0, start
-        bar = tqdm(
+        self.progress_bar = tqdm(
             self.train_loader,
             total=self.iterations_per_epoch,
             desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}",
             unit="it",
-            disable=not self.progress,
+            disable=not (self.progress and self.is_main),
             leave=False,
         )
-        iteration = -1
-        for iteration, batch in enumerate(bar):
-            self.iteration = iteration
-            terms = self.train_step(batch)
-            for name, value in terms.items():
-                sums[name] += value
-            size = len(batch["pid"])
-            images_seen += size
-            window_images += size
-            if self.step % cfg.log_every == 0:
-                now = time.perf_counter()
-                speed = window_images / max(now - window_start, 1e-9)
-                window_images, window_start = 0, now
-                logger.log(
-                    "train",
-                    {**terms, "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": speed},
-                    step=self.step,
-                    epoch=epoch + 1,  # 1-based in logs, as on the console and in eval records
-                )
-            bar.set_postfix(
-                loss=f"{terms['total']:.3f}",
-                tri=f"{terms['triplet']:.3f}",
-                dec=f"{terms['decorrelation']:.3f}",
-                ce=f"{terms['cross_entropy']:.3f}",
-                img_s=f"{images_seen / max(time.perf_counter() - start, 1e-9):.0f}",
-            )
-        bar.close()
-        seconds = time.perf_counter() - start
-        means = {name: total / (iteration + 1) for name, total in sums.items()}
-        logger.log(
-            "epoch",
-            {**means, "seconds": seconds, "images_per_s": images_seen / max(seconds, 1e-9)},
-            step=self.step,
-            epoch=epoch + 1,
-        )
-        tqdm.write(
-            f"epoch {epoch + 1}/{cfg.schedule.epochs}: "
-            + "  ".join(f"{name} {value:.4f}" for name, value in means.items())
-            + f"  ({seconds:.1f} s, {images_seen / max(seconds, 1e-9):.0f} img/s)"
-        )
+        try:
+            for iteration, batch in enumerate(self.progress_bar):
+                self.iteration = iteration
+                terms = self.train_step(batch)
+                self._call("after_step", batch, terms)
+        finally:
+            self.progress_bar.close()
+            self.progress_bar = None
         self.epoch += 1
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One optimiser step on a batch (``image``, ``pid``); returns the loss terms as floats.
 
-        Raises TrainingDiverged, before touching the weights, when the loss is not finite.
+        The ``after_loss`` hooks see the terms before the weights change (the non-finite guard
+        stops the run there).
         """
         images = normalise(batch["image"].to(self.device, non_blocking=True))
         pids = batch["pid"].to(self.device, non_blocking=True)
@@ -264,12 +335,7 @@ class Trainer:
             self.model.pairwise_distances(sequences), sequences, pids, self.model.classifier
         )
         terms = losses.as_floats()
-        if not math.isfinite(terms["total"]):
-            raise TrainingDiverged(
-                f"loss became {terms['total']} at epoch {self.epoch + 1}, "
-                f"iteration {self.iteration + 1} (terms: {terms}); stopping without saving, "
-                f"{self._last_good_checkpoint(self.epoch)}. Try a lower optim.lr."
-            )
+        self._call("after_loss", terms)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses.total).backward()
         self.scaler.step(self.optimizer)
@@ -277,49 +343,21 @@ class Trainer:
         self.step += 1
         return terms
 
-    def _check_weights_finite(self) -> None:
-        """After an epoch: a finite loss can still leave NaN/inf weights behind (the step it
-        took); such weights must not be evaluated or saved as the last good checkpoint."""
-        bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
-        if bad:
-            raise TrainingDiverged(
-                f"weights became non-finite during epoch {self.epoch} ({len(bad)} tensors, "
-                f"e.g. {bad[0]}); stopping without saving, "
-                f"{self._last_good_checkpoint(self.epoch - 1)}. Try a lower optim.lr."
-            )
-
-    def _last_good_checkpoint(self, epochs_done: int) -> str:
-        saved = self.run_dir / LAST_CHECKPOINT
-        if saved.is_file():
-            return f"the last good checkpoint is {saved} (after epoch {epochs_done})"
-        return "no checkpoint was written yet"
-
-    def _state(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "duatm_version": __version__,
-            "config": config_to_dict(self.cfg),
-            "num_classes": self.dataset.num_train_pids,
-            "epoch": self.epoch,
-            "step": self.step,
-            "seconds": self.seconds,
-            "best": self.best,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "sampler": self.sampler.state_dict(),
-            "rng": capture_rng_state(),
-        }
-
-    def _save(self, metrics: RankMetrics | None) -> None:
-        state = self._state()
-        improved = metrics is not None and (self.best is None or metrics.mAP > self.best["mAP"])
-        if improved:
-            assert metrics is not None
-            self.best = {"mAP": float(metrics.mAP), "epoch": self.epoch}
-            state["best"] = self.best
-            save_checkpoint(self.run_dir / BEST_CHECKPOINT, state)
-        save_checkpoint(self.run_dir / LAST_CHECKPOINT, state)
+    def _evaluate_test(self, trainer: Trainer) -> tuple[RankMetrics, dict[str, float]]:
+        """Rank metrics of the current model on the query/gallery split, and stage timings."""
+        e = self.cfg.eval
+        return evaluate(
+            self.model,
+            self.query_loader,
+            self.gallery_loader,
+            self.device,
+            flip=e.flip,
+            amp=self.amp,
+            tile_mb=e.tile_mb,
+            max_rank=e.max_rank,
+            keep_same_camera=e.keep_same_camera,
+            progress=self.progress,
+        )
 
     def _restore(self, state: dict[str, Any], source: str) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
@@ -338,23 +376,14 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
         restore_rng_state(state["rng"])
-        self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
-        self.seconds = state["seconds"]
+        self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
+        # Hook states are given back when `fit` starts, so hooks added after construction
+        # get theirs too.
+        self._resumed_hook_states = {
+            key: value for key, value in state.items() if key not in _CORE_KEYS
+        }
+        self._resumed_from = source
         _LOG.info("resumed from %s after epoch %d", source, self.epoch)
-
-    def _finish(self, metrics: RankMetrics) -> None:
-        write_results(
-            self.run_dir / RESULTS_JSON,
-            metrics,
-            epoch=self.epoch,
-            train_seconds=self.seconds,
-            checkpoint=str(self.run_dir / LAST_CHECKPOINT),
-            config=config_to_dict(self.cfg),
-        )
-        try:
-            plot_metrics(self.run_dir / METRICS_JSONL, self.run_dir / CURVES_PNG)
-        except ValueError as err:  # nothing plottable (e.g. a single-step run)
-            _LOG.warning("no training curves drawn: %s", err)
 
 
 def _warn_config_changes(saved: DuATMConfig, current: DuATMConfig, source: str) -> None:
