@@ -10,10 +10,13 @@ from duatm.data.datasets.bounding_box import BoundingBoxDataset
 from duatm.data.datasets.dukemtmcreid import DukeMTMCreID
 from duatm.data.datasets.image_folder import ImageFolderDataset
 from duatm.data.datasets.market1501 import Market1501
+from duatm.data.datasets.mars import MARS
 from duatm.data.datasets.registry import DATASETS, build_dataset
+from duatm.data.datasets.video_base import VideoReIDDataset
 
 __all__ = [
     "DATASETS",
+    "MARS",
     "BoundingBoxDataset",
     "DatasetError",
     "DatasetFormatError",
@@ -22,5 +25,6 @@ __all__ = [
     "ImageFolderDataset",
     "Market1501",
     "ReIDDataset",
+    "VideoReIDDataset",
     "build_dataset",
 ]

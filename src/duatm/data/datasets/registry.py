@@ -9,12 +9,14 @@ from duatm.data.datasets.base import ReIDDataset
 from duatm.data.datasets.dukemtmcreid import DukeMTMCreID
 from duatm.data.datasets.image_folder import ImageFolderDataset
 from duatm.data.datasets.market1501 import Market1501
+from duatm.data.datasets.mars import MARS
 
 #: Dataset classes by config name; a new dataset is one more entry here.
 DATASETS: dict[str, type[ReIDDataset[Any]]] = {
     "market1501": Market1501,
     "dukemtmcreid": DukeMTMCreID,
     "imagefolder": ImageFolderDataset,
+    "mars": MARS,
 }
 
 
