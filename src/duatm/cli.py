@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_synth_arguments(
         commands.add_parser(
-            "synth", help="write SynthPed, the built-in data, in Market-1501 layout"
+            "synth",
+            help="write SynthPed, the built-in data: images in Market-1501 layout, "
+            "or tracklets in MARS layout (--video)",
         )
     )
     return parser

@@ -166,6 +166,27 @@ def random_stranger(rng: np.random.Generator) -> Identity:
     return Identity(pid=0, group=-1, **look, **_local_details(rng, look["upper"], cell))
 
 
+def identity_groups(identities: Sequence[Identity]) -> list[list[int]]:
+    """The pids of each look-alike group, for the manifest."""
+    groups: dict[int, list[int]] = {}
+    for who in identities:
+        groups.setdefault(who.group, []).append(who.pid)
+    return list(groups.values())
+
+
+def describe_identity(who: Identity) -> dict:
+    """The local details that separate an identity from its group, for analysing errors."""
+    return {
+        "pid": who.pid,
+        "group": who.group,
+        "bag": who.bag_side if who.bag_side == "none" else f"{who.bag_kind} bag {who.bag_side}",
+        "bag_color": list(who.bag),
+        "mark": who.mark_shape,
+        "mark_cell": list(who.mark_cell),
+        "mark_color": list(who.mark),
+    }
+
+
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A camera's scene: a vertical gradient wall with a texture above a floor, as uint8 HxWx3."""
     ys = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]

@@ -52,14 +52,17 @@ from duatm.data.synth_render import (
     BodyFrame,
     Camera,
     Identity,
+    describe_identity,
     develop,
     draw_occluder,
     draw_person,
+    identity_groups,
     make_cameras,
     make_identities,
     random_stranger,
 )
 from duatm.data.synth_tree import MANIFEST_NAME, check_target, run_sharded, write_tree
+from duatm.data.synthped_video import write_video_synthped
 
 __all__ = [
     "MANIFEST_NAME",
@@ -343,56 +346,93 @@ def _manifest(arguments: dict, identities: Sequence[Identity], jobs: Sequence[_J
             "distractors": arguments["num_distractors"],
             "junk": arguments["num_junk"],
         },
-        "groups": _groups(identities),
-        "identities": [_describe(who) for who in identities],
+        "groups": identity_groups(identities),
+        "identities": [describe_identity(who) for who in identities],
     }
 
 
-def _groups(identities: Sequence[Identity]) -> list[list[int]]:
-    groups: dict[int, list[int]] = {}
-    for who in identities:
-        groups.setdefault(who.group, []).append(who.pid)
-    return list(groups.values())
-
-
-def _describe(who: Identity) -> dict:
-    """The local details that separate an identity from its group, for analysing errors."""
-    return {
-        "pid": who.pid,
-        "group": who.group,
-        "bag": who.bag_side if who.bag_side == "none" else f"{who.bag_kind} bag {who.bag_side}",
-        "bag_color": list(who.bag),
-        "mark": who.mark_shape,
-        "mark_cell": list(who.mark_cell),
-        "mark_color": list(who.mark),
-    }
+# Command-line options of ``duatm synth`` -> keyword of the writers; None means "the writer's
+# default", so each kind keeps its own defaults and an option of the other kind is caught.
+_COMMON_OPTIONS = {
+    "ids": "num_ids",
+    "cameras": "num_cameras",
+    "height": "height",
+    "width": "width",
+    "max_group_size": "max_group_size",
+    "distractors": "num_distractors",
+    "junk": "num_junk",
+    "occlusion_prob": "occlusion_prob",
+}
+_IMAGE_OPTIONS = {
+    "images_per_camera": "images_per_id_per_camera",
+    "queries_per_camera": "queries_per_camera",
+}
+_VIDEO_OPTIONS = {
+    "tracklets_per_camera": "tracklets_per_camera",
+    "min_frames": "min_frames",
+    "max_frames": "max_frames",
+    "interference_prob": "interference_prob",
+}
 
 
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``duatm synth``; also sets ``handler=run_synth`` on the parser."""
     parser.add_argument(
-        "--out", type=Path, required=True, help="folder to write (Market-1501 layout)"
+        "--out",
+        type=Path,
+        required=True,
+        help="folder to write (Market-1501 layout; MARS layout with --video)",
     )
-    parser.add_argument("--ids", type=int, default=200, help="identities, half train / half test")
-    parser.add_argument("--cameras", type=int, default=6, help=f"cameras, 2..{MAX_CAMERAS}")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--width", type=int, default=128)
     parser.add_argument(
-        "--images-per-camera", type=int, default=4, help="images per identity and camera"
+        "--video",
+        action="store_true",
+        help="write video SynthPed: tracklets in the MARS layout (duatm.data.synthped_video)",
     )
-    parser.add_argument("--queries-per-camera", type=int, default=1)
+    parser.add_argument(
+        "--ids", type=int, help="identities, half train / half test (default 200; video 60)"
+    )
+    parser.add_argument(
+        "--cameras", type=int, help=f"cameras, 2..{MAX_CAMERAS} (default 6; video 3)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--height", type=int, help="image height (default 256; video 128)")
+    parser.add_argument("--width", type=int, help="image width (default 128; video 64)")
     parser.add_argument(
         "--max-group-size",
         type=int,
-        default=4,
-        help="look-alike group size (1 = no hard negatives)",
+        help="look-alike group size (1 = no hard negatives; default 4)",
     )
     parser.add_argument(
-        "--distractors", type=int, default=None, help="pid-0000 gallery distractors (0.6 per id)"
+        "--distractors",
+        type=int,
+        help="pid-0000 gallery distractors (default 0.6 per id; video: tracklets, 0.1 per id)",
     )
-    parser.add_argument("--junk", type=int, default=None, help="pid -1 junk images (0.3 per id)")
-    parser.add_argument("--occlusion-prob", type=float, default=0.25)
+    parser.add_argument(
+        "--junk", type=int, help="pid -1 junk (default 0.3 images per id; video 0.1 tracklets)"
+    )
+    parser.add_argument(
+        "--occlusion-prob", type=float, help="fraction occluded (default 0.25; video 0.2)"
+    )
+    images = parser.add_argument_group("image SynthPed only")
+    images.add_argument(
+        "--images-per-camera", type=int, help="images per identity and camera (default 4)"
+    )
+    images.add_argument("--queries-per-camera", type=int, help="of those, queries (default 1)")
+    video = parser.add_argument_group("video SynthPed only (--video)")
+    video.add_argument(
+        "--tracklets-per-camera",
+        type=int,
+        help="tracklets per identity and camera; the first of a test identity is a query "
+        "(default 2)",
+    )
+    video.add_argument("--min-frames", type=int, help="shortest tracklet (default 6)")
+    video.add_argument("--max-frames", type=int, help="longest tracklet (default 40)")
+    video.add_argument(
+        "--interference-prob",
+        type=float,
+        help="fraction of tracklets where a person or an occluder passes in front for a few "
+        "frames (default 0.5)",
+    )
     parser.add_argument(
         "--no-nuisance",
         action="store_true",
@@ -409,25 +449,31 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    """``duatm synth``: write SynthPed and print a summary; 0 on success, 2 on bad arguments."""
+    """``duatm synth``: write SynthPed (images, or tracklets with ``--video``) and print a
+    summary; 0 on success, 2 on bad arguments."""
+    own, other = (
+        (_VIDEO_OPTIONS, _IMAGE_OPTIONS) if args.video else (_IMAGE_OPTIONS, _VIDEO_OPTIONS)
+    )
+    misplaced = [f"--{name.replace('_', '-')}" for name in other if getattr(args, name) is not None]
+    if misplaced:
+        kind = "image SynthPed (without --video)" if args.video else "video SynthPed (--video)"
+        print(f"duatm synth: error: {', '.join(misplaced)}: only for {kind}", file=sys.stderr)
+        return 2
+    options = {
+        keyword: getattr(args, name)
+        for name, keyword in {**_COMMON_OPTIONS, **own}.items()
+        if getattr(args, name) is not None
+    }
+    write = write_video_synthped if args.video else write_synthped
     try:
-        write_synthped(
+        write(
             args.out,
-            num_ids=args.ids,
-            num_cameras=args.cameras,
             seed=args.seed,
-            height=args.height,
-            width=args.width,
-            images_per_id_per_camera=args.images_per_camera,
-            queries_per_camera=args.queries_per_camera,
-            max_group_size=args.max_group_size,
-            num_distractors=args.distractors,
-            num_junk=args.junk,
-            occlusion_prob=args.occlusion_prob,
             nuisance=not args.no_nuisance,
             workers=args.workers,
             overwrite=args.overwrite,
             verbose=True,
+            **options,
         )
     except (ValueError, FileExistsError) as err:
         print(f"duatm synth: error: {err}", file=sys.stderr)
