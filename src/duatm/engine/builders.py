@@ -48,8 +48,9 @@ def autocast_for(device: torch.device, enabled: bool) -> contextlib.AbstractCont
 
 
 def load_dataset(cfg: DuATMConfig, *, verbose: bool = True) -> ReIDDataset[Any]:
-    """The dataset named by ``data.dataset`` at ``data.root`` (prints its summary table)."""
-    return build_dataset(cfg.data.dataset, cfg.data.root, verbose=verbose)
+    """The dataset named by ``data.dataset`` at ``data.root``, split ``data.split`` (prints its
+    summary table)."""
+    return build_dataset(cfg.data.dataset, cfg.data.root, split=cfg.data.split, verbose=verbose)
 
 
 def build_model(cfg: DuATMConfig, num_classes: int, *, load_pretrained: bool = True) -> DuATM:

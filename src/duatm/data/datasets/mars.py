@@ -43,7 +43,7 @@ class MARS(VideoReIDDataset):
     """
 
     name = "mars"
-    layout = ("bbox_train", "bbox_test", "info")
+    layout = ("bbox_train/", "bbox_test/", "info/")
     official_dirs = ("mars", "MARS")
     download = (
         "unpack bbox_train.zip and bbox_test.zip from the MARS project page and put the info/ "
