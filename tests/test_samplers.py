@@ -117,25 +117,51 @@ def test_identity_order_is_shuffled_across_epochs() -> None:
     assert len(orders) == 5
 
 
-@pytest.mark.parametrize(("world_size", "p"), [(2, 2), (3, 2), (2, 5), (3, 5)])
+@pytest.mark.parametrize(("world_size", "p"), [(2, 2), (3, 2), (2, 5), (3, 3), (2, 3)])
 def test_ranks_get_equal_disjoint_shares(world_size: int, p: int) -> None:
-    # 12 identities: P = 2 -> 6 batches a pass; P = 5 -> 3 (odd), continued into the next pass.
-    shares = [
-        epoch_batches(IdentityBatchSampler(PIDS, p, 4, 3, rank, world_size), 4)
-        for rank in range(world_size)
-    ]
-    reference = IdentityBatchSampler(PIDS, p, 4, 3, 0, world_size)
-    reference.set_epoch(4)
-    everything = reference.global_batches()
-    assert len(everything) % world_size == 0
-    assert {len(s) for s in shares} == {len(everything) // world_size, len(reference)}
-    assert sorted(b for s in shares for b in s) == sorted(everything)  # a split, no copies
-    single = epoch_batches(IdentityBatchSampler(PIDS, p, 4, 3), 4)
-    assert everything[: len(single)] == single  # the first pass is the one-process epoch
-    if len(single) % world_size == 0:
-        rank_pids = [{PIDS[i] for b in s for i in b} for s in shares]
-        if p == 2:  # no filler identities: the ranks see disjoint identities
-            assert sum(len(r) for r in rank_pids) == len(set().union(*rank_pids))
+    # 12 identities: W x P = 4 and 6 divide them; 10 and 9 do not (the last group is filled).
+    for epoch, batches_per_epoch in ((4, None), (5, 7)):  # one pass; 7 steps over two passes
+        shares = [
+            epoch_batches(
+                IdentityBatchSampler(PIDS, p, 4, 3, rank, world_size, "fill", batches_per_epoch),
+                epoch,
+            )
+            for rank in range(world_size)
+        ]
+        reference = IdentityBatchSampler(PIDS, p, 4, 3, 0, world_size, "fill", batches_per_epoch)
+        reference.set_epoch(epoch)
+        everything = reference.global_batches()
+        assert {len(s) for s in shares} == {len(reference)}
+        assert sorted(b for s in shares for b in s) == sorted(everything)  # a split, no copies
+        groups = -(-len(COUNTS) // (p * world_size))
+        steps = list(zip(*shares, strict=True))
+        for step, rank_batches in enumerate(steps):
+            # One optimiser step: P x V x W images of P x W distinct identities, none on two ranks.
+            assert all(len(b) == p * 4 for b in rank_batches)
+            step_pids = [{PIDS[i] for i in b} for b in rank_batches]
+            assert all(len(pids) == p for pids in step_pids)
+            assert len(set().union(*step_pids)) == p * world_size
+            if step % groups == groups - 1:  # a pass ends with this step: all identities seen
+                pass_steps = range(step - groups + 1, step + 1)
+                seen = {PIDS[i] for s in pass_steps for b in steps[s] for i in b}
+                assert seen == set(COUNTS)
+
+
+def test_one_rank_batches_are_the_one_process_batches_when_the_groups_divide_evenly() -> None:
+    # 12 identities, P = 3: W = 2 cuts groups of 6, so nothing is filled and the two ranks'
+    # batches, interleaved step by step, are exactly the one-process epoch.
+    single = epoch_batches(IdentityBatchSampler(PIDS, 3, 4, 3), 2)
+    shares = [epoch_batches(IdentityBatchSampler(PIDS, 3, 4, 3, r, 2), 2) for r in range(2)]
+    assert [b for step in zip(*shares, strict=True) for b in step] == single
+
+
+def test_too_few_identities_for_all_ranks_are_refused() -> None:
+    with pytest.raises(
+        ValueError, match="12 identities cannot fill one batch of 5 identities on each of 3 ranks"
+    ):
+        IdentityBatchSampler(PIDS, 5, 4, rank=0, world_size=3)
+    with pytest.raises(ValueError, match="last_batch='short' needs world_size 1"):
+        IdentityBatchSampler(PIDS, 2, 4, rank=0, world_size=2, last_batch="short")
 
 
 def test_state_dict_round_trip_restores_the_epoch() -> None:

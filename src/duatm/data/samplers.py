@@ -23,10 +23,14 @@ class IdentityBatchSampler(Sampler[list[int]]):
     An epoch is one pass, or ``batches_per_epoch`` batches taken from consecutive passes (so a
     long epoch keeps drawing new samples instead of repeating a pass).
 
-    With ``world_size > 1`` every process builds the same batch list and takes every
-    ``world_size``-th batch from ``rank``, so shares are disjoint and equally long (one pass is
-    continued into the next to make its batch count a multiple of ``world_size``). Call
-    :meth:`set_epoch` before each epoch; the batches depend only on seed and epoch.
+    With ``world_size > 1`` (W processes, each training on its own P x V batch, one optimiser
+    step over all of them) a pass is cut into *global* groups of P x W distinct identities,
+    each split into W batches of P, and every process takes every W-th batch from ``rank``.
+    So one global step sees P x V x W images of P x W distinct identities, no identity is on
+    two ranks in the same step, every identity is visited in every pass, and the shares are
+    disjoint and equally long. The identity order of a pass is the same for any W; only the
+    cut (and so the last group's filling) depends on W. With W = 1 this is the batching above.
+    Call :meth:`set_epoch` before each epoch; the batches depend only on seed, epoch and W.
     """
 
     def __init__(
@@ -53,6 +57,8 @@ class IdentityBatchSampler(Sampler[list[int]]):
             )
         if last_batch not in ("fill", "short"):
             raise ValueError(f"last_batch must be 'fill' or 'short', got {last_batch!r}")
+        if last_batch == "short" and world_size > 1:
+            raise ValueError("last_batch='short' needs world_size 1: ranks must get equal batches")
         if batches_per_epoch is not None and batches_per_epoch < 1:
             raise ValueError(f"batches_per_epoch must be >= 1 or None, got {batches_per_epoch}")
         by_pid: dict[int, list[int]] = defaultdict(list)
@@ -61,10 +67,11 @@ class IdentityBatchSampler(Sampler[list[int]]):
         self.indices_by_pid: dict[int, np.ndarray] = {
             pid: np.asarray(indices, dtype=np.int64) for pid, indices in sorted(by_pid.items())
         }
-        if len(self.indices_by_pid) < num_identities:
+        if len(self.indices_by_pid) < num_identities * world_size:
+            across = f" on each of {world_size} ranks" if world_size > 1 else ""
             raise ValueError(
                 f"{len(self.indices_by_pid)} identities cannot fill one batch of "
-                f"{num_identities} identities"
+                f"{num_identities} identities{across}"
             )
         self.num_identities = num_identities
         self.num_instances = num_instances
@@ -81,14 +88,16 @@ class IdentityBatchSampler(Sampler[list[int]]):
         return self.num_identities * self.num_instances
 
     def batches_per_pass(self) -> int:
-        """Batches of one pass over the identities, before the split across ranks."""
-        return -(-len(self.indices_by_pid) // self.num_identities)
+        """Batches of one pass over the identities, before the split across ranks (a multiple
+        of ``world_size``: a global step never spans two passes)."""
+        group = self.num_identities * self.world_size
+        return -(-len(self.indices_by_pid) // group) * self.world_size
 
     def __len__(self) -> int:
-        """Batches this rank yields per epoch."""
+        """Batches this rank yields per epoch (= optimiser steps per epoch)."""
         if self.batches_per_epoch is not None:
             return self.batches_per_epoch
-        return -(-self.batches_per_pass() // self.world_size)
+        return self.batches_per_pass() // self.world_size
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle of ``epoch``; the same (seed, epoch) gives the same batches."""
@@ -103,15 +112,18 @@ class IdentityBatchSampler(Sampler[list[int]]):
         return batches[:needed]
 
     def _pass(self, pass_: int) -> list[list[int]]:
-        """The batches of one pass: every identity once, in a shuffled order."""
+        """The batches of one pass: every identity once, in a shuffled order, cut into global
+        groups of P x W identities (the last one filled from the others) and those into
+        batches of P."""
         rng = np.random.default_rng([self.seed, self.epoch, pass_])
         order = rng.permutation(len(self.indices_by_pid)).tolist()
         p = self.num_identities
-        rest = len(order) % p
+        group = p * self.world_size
+        rest = len(order) % group
         if rest and self.last_batch == "fill":
             leftover = set(order[-rest:])
             others = [i for i in range(len(order)) if i not in leftover]
-            order += rng.choice(others, size=p - rest, replace=False).tolist()
+            order += rng.choice(others, size=group - rest, replace=False).tolist()
         groups = list(self.indices_by_pid.values())
         return [
             [index for i in order[b : b + p] for index in self._draw(groups[i], rng)]
