@@ -17,6 +17,7 @@ from duatm.metrics import (
     rank_metrics,
     rank_metrics_to_dict,
 )
+from duatm.metrics.rank import count_ahead, rank_metrics_from_positions
 
 
 def reference_loop(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, keep_same_camera, q_self):
@@ -308,3 +309,73 @@ def test_rank_table_and_dict():
     short = RankMetrics(cmc=cmc[:10], mAP=0.4321, mINP=0.05, num_valid_queries=7)
     assert format_rank_table(short).split()[:4] == ["R1", "R5", "R10", "mAP"]  # no R20 column
     assert "R20" not in rank_metrics_to_dict(short)
+
+
+@pytest.mark.parametrize("keep_same_camera", [False, True])
+def test_match_positions_counted_block_by_block_give_the_whole_matrix_metrics(
+    keep_same_camera: bool,
+) -> None:
+    """Positions summed over column blocks reproduce rank_metrics bit for bit, ties included
+    (integer distances: ties everywhere, ranked by gallery index as the stable sort does)."""
+    rng = np.random.default_rng(3)
+    num_q, num_g = 41, 97
+    dist = rng.integers(0, 12, (num_q, num_g)).astype(np.float32)
+    q_pids, g_pids = rng.integers(0, 9, num_q), rng.integers(0, 9, num_g)
+    q_cams, g_cams = rng.integers(0, 3, num_q), rng.integers(0, 3, num_g)
+    q_self = None
+    if keep_same_camera:  # some queries are gallery images: each must be found and removed
+        q_self = np.full(num_q, -1)
+        for i in range(0, num_q, 5):
+            same = np.flatnonzero(g_pids == q_pids[i])
+            q_self[i] = same[0] if same.size else -1
+    whole = rank_metrics(
+        dist,
+        q_pids,
+        g_pids,
+        q_cams,
+        g_cams,
+        12,
+        keep_same_camera=keep_same_camera,
+        query_gallery_index=q_self,
+    )
+    rows, cols = np.nonzero(g_pids[None, :] == q_pids[:, None])
+    values = dist[rows, cols]
+    for width in (1, 10, num_g):
+        positions = sum(
+            count_ahead(dist[:, start : start + width], start, rows, cols, values)
+            for start in range(0, num_g, width)
+        )
+        # Independent check of the counts: the position in a stable argsort of the row.
+        order = np.argsort(dist, axis=1, kind="stable")
+        where = np.argsort(order, axis=1)
+        assert (positions == where[rows, cols]).all()
+        shuffle = rng.permutation(rows.size)  # the pairs may come in any order
+        blocked = rank_metrics_from_positions(
+            rows[shuffle],
+            cols[shuffle],
+            positions[shuffle],
+            q_pids,
+            g_pids,
+            q_cams,
+            g_cams,
+            12,
+            keep_same_camera=keep_same_camera,
+            query_gallery_index=q_self,
+        )
+        assert (blocked.cmc == whole.cmc).all()
+        assert (blocked.mAP, blocked.mINP, blocked.num_valid_queries) == (
+            whole.mAP,
+            whole.mINP,
+            whole.num_valid_queries,
+        )
+
+
+def test_match_positions_must_list_every_true_match_once() -> None:
+    q_pids, g_pids, cams = np.array([1, 2]), np.array([1, 2, 1]), np.zeros(3, dtype=np.int64)
+    args = (q_pids, g_pids, cams[:2], cams)
+    with pytest.raises(ValueError, match="expected each of the 3 same-pid"):
+        rank_metrics_from_positions([0, 1], [0, 1], [0, 0], *args)  # (0, 2) is missing
+    with pytest.raises(ValueError, match="pids differ"):
+        rank_metrics_from_positions([0, 1, 0], [0, 1, 1], [0, 0, 1], *args)
+    with pytest.raises(ValueError, match="out of range"):
+        rank_metrics_from_positions([0, 1, 0], [0, 1, 2], [0, 0, 3], *args)

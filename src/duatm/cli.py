@@ -7,10 +7,15 @@ import sys
 from collections.abc import Sequence
 
 from duatm import __version__
+from duatm.config import ConfigError
 from duatm.data.synthped import add_synth_arguments
-from duatm.engine.commands import add_evaluate_arguments, add_train_arguments
+from duatm.engine.commands import EXIT_USER_ERROR, add_evaluate_arguments, add_train_arguments
 from duatm.engine.demo import add_demo_arguments
+from duatm.engine.distributed import launch_context
 from duatm.search.commands import add_index_arguments, add_search_arguments
+
+# Sub-commands that run as several processes under torchrun; the others refuse to.
+DISTRIBUTED_COMMANDS = ("train", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +54,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    try:
+        launched = launch_context()
+    except ConfigError as err:
+        print(f"duatm {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if args.command not in DISTRIBUTED_COMMANDS and launched.enabled:
+        print(
+            f"duatm {args.command}: error: runs as one process; start it without torchrun "
+            f"(torchrun runs: {', '.join(DISTRIBUTED_COMMANDS)})",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
     return int(args.handler(args) or 0)
 
 

@@ -111,6 +111,12 @@ class EvalConfig:
     max_rank: int = 50  # length of the CMC curve
     keep_same_camera: bool = False  # keep same-id same-camera gallery items (off in the protocol)
     tile_mb: int = 256  # memory bound, in MiB, for one tile of the query x gallery matching
+    # Sharded (several processes) and streamed evaluation compute the distances in blocks of
+    # all queries x some gallery items; a block takes at most this many MiB.
+    block_mb: int = 512
+    # A folder: distance blocks go to files there and the metrics are computed block by block,
+    # for galleries whose query x gallery matrix does not fit in memory (null = in memory).
+    stream_to: str | None = None
 
 
 @dataclass
@@ -126,6 +132,14 @@ class SearchConfig:
 
 
 @dataclass
+class DistributedConfig:
+    # SyncBatchNorm across ranks (CUDA only). Off: each rank's BatchNorm sees its own P x V
+    # batch, the batch that batch-hard mining works on (docs/design.md#distributed).
+    sync_batchnorm: bool = False
+    timeout_s: float = 600.0  # seconds a collective waits for the other processes before failing
+
+
+@dataclass
 class DuATMConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -134,6 +148,7 @@ class DuATMConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     out_dir: str = "runs/default"  # run folder: config, checkpoints, metrics
     seed: int = 0  # seeds python, numpy and torch (and the identity sampler)
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:N" or "mps"
@@ -270,6 +285,10 @@ def validate_config(cfg: DuATMConfig) -> None:
     _check("eval.every", e.every, e.every >= 0, "an integer >= 0")
     _check("eval.max_rank", e.max_rank, e.max_rank >= 1, "a positive integer")
     _check("eval.tile_mb", e.tile_mb, e.tile_mb >= 1, "a positive integer")
+    _check("eval.block_mb", e.block_mb, e.block_mb >= 1, "a positive integer")
+    _check("eval.stream_to", e.stream_to, e.stream_to != "", "a folder path or null")
+    t = cfg.distributed.timeout_s
+    _check("distributed.timeout_s", t, 0 < t < float("inf"), "a number of seconds > 0")
     _check("search.top", se.top, se.top >= 1, "a positive integer")
     _check("search.shortlist", se.shortlist, se.shortlist >= 0, "an integer >= 0 (0 = exact)")
     _check("search.backend", se.backend, se.backend in SEARCH_BACKENDS, _one_of(SEARCH_BACKENDS))

@@ -68,9 +68,10 @@ def build_model(cfg: DuATMConfig, num_classes: int, *, load_pretrained: bool = T
 
 
 def build_train_loader(
-    cfg: DuATMConfig, records: Sequence[ImageRecord]
+    cfg: DuATMConfig, records: Sequence[ImageRecord], *, rank: int = 0, world_size: int = 1
 ) -> tuple[DataLoader[Any], IdentityBatchSampler]:
-    """P x V identity batches with the training augmentation, and the sampler that orders them.
+    """P x V identity batches with the training augmentation, and the sampler that orders them
+    (``rank``'s share of each global step when ``world_size`` processes train together).
 
     Call ``sampler.set_epoch(e)`` and ``loader.generator.manual_seed(...)`` before each epoch;
     the trainer does both so that an epoch's batches and augmentations depend only on
@@ -89,6 +90,8 @@ def build_train_loader(
             d.num_identities,
             d.num_instances,
             seed=cfg.seed,
+            rank=rank,
+            world_size=world_size,
             batches_per_epoch=cfg.schedule.iters_per_epoch,
         )
     except ValueError as err:
@@ -98,7 +101,7 @@ def build_train_loader(
         batch_sampler=sampler,
         num_workers=d.num_workers,
         pin_memory=torch.cuda.is_available(),
-        worker_init_fn=functools.partial(worker_init_fn, rank=0),
+        worker_init_fn=functools.partial(worker_init_fn, rank=rank),
         generator=torch.Generator().manual_seed(cfg.seed),
         persistent_workers=False,
     )

@@ -11,12 +11,22 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from duatm.api import load
 from duatm.config import ConfigError, config_from_dict, load_config
 from duatm.data.datasets import DatasetError
 from duatm.data.transforms import ImageReadError
 from duatm.engine.builders import build_test_loader, load_dataset
 from duatm.engine.checkpoint import LAST_CHECKPOINT, CheckpointError, load_checkpoint
+from duatm.engine.distributed import (
+    SINGLE,
+    DistContext,
+    is_peer_failure,
+    launch_context,
+    process_group,
+    rank_device,
+)
 from duatm.engine.evaluator import evaluate, write_results
 from duatm.engine.trainer import Trainer, TrainingDiverged
 from duatm.metrics import NoValidQueryError
@@ -36,6 +46,8 @@ USER_ERRORS = (
 )
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+# Under torchrun: another process failed, was killed or stopped answering.
+EXIT_PEER_FAILED = 4
 
 
 def add_overrides_argument(
@@ -106,12 +118,14 @@ def _train(args: argparse.Namespace) -> int:
         resume = Path(cfg.out_dir) / LAST_CHECKPOINT
         if not resume.is_file():
             raise FileNotFoundError(f"--resume: no {LAST_CHECKPOINT} in {cfg.out_dir} to resume")
-    trainer = Trainer(cfg, resume_from=resume, progress=not args.no_progress)
-    if trainer.epoch >= cfg.schedule.epochs:
-        print(f"{cfg.out_dir}: already trained for {trainer.epoch} epochs; nothing to do")
-        return 0
-    final = trainer.fit()
-    if final is not None:
+    with process_group(cfg.device, cfg.distributed.timeout_s) as ctx:
+        trainer = Trainer(cfg, resume_from=resume, progress=not args.no_progress)
+        if trainer.epoch >= cfg.schedule.epochs:
+            if ctx.is_main:
+                print(f"{cfg.out_dir}: already trained for {trainer.epoch} epochs; nothing to do")
+            return 0
+        final = trainer.fit()
+    if final is not None and ctx.is_main:
         print(f"\nfinal evaluation ({cfg.data.dataset}, {cfg.out_dir})\n{format_rank_table(final)}")
     return 0
 
@@ -136,9 +150,27 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
     overrides = _overrides(args) + (["eval.flip=true"] if args.flip else [])
-    model = load(checkpoint, device=None, overrides=overrides)
+    if not launch_context().enabled:
+        return _evaluate_on(checkpoint, overrides, args, SINGLE, device=None)
+    # Under torchrun the process group, and so each rank's device, comes before the model.
+    saved = load_checkpoint(checkpoint).get("config", {})
+    cfg = config_from_dict(saved, str(checkpoint), overrides)
+    with process_group(cfg.device, cfg.distributed.timeout_s) as ctx:
+        device = rank_device(cfg.device, ctx)
+        return _evaluate_on(checkpoint, overrides, args, ctx, device=device)
+
+
+def _evaluate_on(
+    checkpoint: Path,
+    overrides: list[str],
+    args: argparse.Namespace,
+    ctx: DistContext,
+    device: torch.device | None,
+) -> int:
+    """`duatm evaluate` on this process's share (all of it in one process); rank 0 reports."""
+    model = load(checkpoint, device=device, overrides=overrides)
     cfg = model.config
-    dataset = load_dataset(cfg)
+    dataset = load_dataset(cfg, verbose=ctx.is_main)
     e = cfg.eval
     metrics, timings = evaluate(
         model.module,
@@ -151,7 +183,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         max_rank=e.max_rank,
         keep_same_camera=e.keep_same_camera,
         progress=not args.no_progress,
+        dist=ctx,
+        stream_to=e.stream_to,
+        block_mb=e.block_mb,
     )
+    if not ctx.is_main:
+        return 0
     # Flip-augmented results get their own default file instead of replacing the plain ones.
     default_suffix = ".flip.results.json" if e.flip else ".results.json"
     results = Path(args.results) if args.results else checkpoint.with_suffix(default_suffix)
@@ -172,15 +209,37 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def run_guarded(command: str, body: Callable[[], int]) -> int:
-    """Run a command's body; expected failures become one line on stderr and an exit status."""
+    """Run a command's body; expected failures become one line on stderr and an exit status.
+
+    Under torchrun each line names its rank; a rank that loses its peers (one failed, was
+    killed, or stopped answering for ``distributed.timeout_s``) says so and exits with 4, and a
+    divergence, which every rank detects at the same step, is reported by rank 0 alone.
+    """
+    try:
+        launch = launch_context()
+    except ConfigError:
+        launch = SINGLE
+    where = f" ({launch.describe()})" if launch.enabled else ""
     try:
         return body()
     except USER_ERRORS as err:
-        print(f"duatm {command}: error: {_own_message(err)}", file=sys.stderr)
+        print(f"duatm {command}: error{where}: {_own_message(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except TrainingDiverged as err:
-        print(f"duatm {command}: stopped: {err}", file=sys.stderr)
+        if launch.is_main:
+            print(f"duatm {command}: stopped: {err}", file=sys.stderr)
         return EXIT_DIVERGED
+    except Exception as err:
+        if not (launch.enabled and is_peer_failure(err)):
+            raise
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(
+            f"duatm {command}: error{where}: lost contact with the other processes: one of them "
+            "failed (its error is above), was killed, or did not answer within "
+            f"distributed.timeout_s ({detail})",
+            file=sys.stderr,
+        )
+        return EXIT_PEER_FAILED
 
 
 def _own_message(err: BaseException) -> str:

@@ -1,7 +1,10 @@
-"""Evaluation: query and gallery sequences, the whole DuATM distance matrix, CMC / mAP / mINP.
+"""Evaluation: query and gallery sequences, the DuATM distance matrix, CMC / mAP / mINP.
 
 Why separate from training: `duatm evaluate`, the trainer's periodic evaluation and the demo run
-the same steps, and a future sharded (multi-process) evaluation replaces only the extraction.
+the same steps. Three stages, each replaceable: extraction (`extract`), distances
+(`distance_matrix`, the whole matrix) and metrics (`rank_metrics`). With several processes or a
+``stream_to`` folder, each rank extracts its share and the last two stages run block by block
+(`duatm.engine.blockwise`), with the same numbers.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from duatm.atomic import atomic_write_text
 from duatm.data.transforms import normalise
+from duatm.engine.blockwise import blockwise_rank_metrics
 from duatm.engine.builders import autocast_for
+from duatm.engine.distributed import SINGLE, DistContext, all_gather_cat
 from duatm.metrics import RankMetrics, rank_metrics
 from duatm.metrics.report import rank_metrics_to_dict
 from duatm.models.duatm import DuATM
@@ -96,8 +101,34 @@ def evaluate(
     max_rank: int = 50,
     keep_same_camera: bool = False,
     progress: bool = True,
+    dist: DistContext = SINGLE,
+    stream_to: str | Path | None = None,
+    block_mb: int = 512,
 ) -> tuple[RankMetrics, dict[str, float]]:
-    """Rank metrics of the model on a query / gallery split, and the seconds each stage took."""
+    """Rank metrics of the model on a query / gallery split, and the seconds each stage took.
+
+    With ``dist`` of several ranks (every rank calls this with the same loaders), each rank
+    extracts its share of both sets and the distances are computed in blocks of ``block_mb``
+    MiB, each rank holding only its share of the gallery and of the matrix; with
+    ``stream_to``, the blocks go to a scratch file there instead of memory. Every rank gets
+    the same metrics, equal to one process's.
+    """
+    if dist.enabled or stream_to is not None:
+        return _evaluate_blockwise(
+            model,
+            query_loader,
+            gallery_loader,
+            device,
+            flip=flip,
+            amp=amp,
+            tile_mb=tile_mb,
+            max_rank=max_rank,
+            keep_same_camera=keep_same_camera,
+            progress=progress and dist.is_main,
+            dist=dist,
+            stream_to=stream_to,
+            block_mb=block_mb,
+        )
     start = time.perf_counter()
     query = extract(
         model, query_loader, device, flip=flip, amp=amp, desc="query", progress=progress
@@ -124,6 +155,83 @@ def evaluate(
         "rank_s": time.perf_counter() - matched,
     }
     return metrics, timings
+
+
+def _evaluate_blockwise(
+    model: DuATM,
+    query_loader: DataLoader[Any],
+    gallery_loader: DataLoader[Any],
+    device: torch.device,
+    *,
+    flip: bool,
+    amp: bool,
+    tile_mb: int,
+    max_rank: int,
+    keep_same_camera: bool,
+    progress: bool,
+    dist: DistContext,
+    stream_to: str | Path | None,
+    block_mb: int,
+) -> tuple[RankMetrics, dict[str, float]]:
+    """`evaluate` with the extraction shared out over the ranks and the metrics block by block."""
+    start = time.perf_counter()
+    own_query = extract(
+        model,
+        shard_loader(query_loader, dist),
+        device,
+        flip=flip,
+        amp=amp,
+        desc="query",
+        progress=progress,
+    )
+    gallery = extract(
+        model,
+        shard_loader(gallery_loader, dist),
+        device,
+        flip=flip,
+        amp=amp,
+        desc="gallery",
+        progress=progress,
+    )
+    # Every rank compares the whole query set with its gallery share.
+    query = ExtractedSequences(*(all_gather_cat(t, dist) for t in own_query))
+    extracted = time.perf_counter()
+    metrics, timings = blockwise_rank_metrics(
+        model.matcher,
+        query.sequences,
+        query.pids,
+        query.camids,
+        gallery.sequences,
+        gallery.pids,
+        gallery.camids,
+        dist,
+        max_rank=max_rank,
+        keep_same_camera=keep_same_camera,
+        query_gallery_index=query_gallery_index(query_loader.dataset, gallery_loader.dataset),
+        tile_mb=tile_mb,
+        block_bytes=block_mb << 20,
+        stream_to=stream_to,
+        progress=progress,
+    )
+    return metrics, {"extract_s": extracted - start, **timings}
+
+
+def shard_loader(loader: DataLoader[Any], dist: DistContext) -> DataLoader[Any]:
+    """A loader over this rank's contiguous share of ``loader``'s dataset, with its batch size,
+    workers and collation (the loader itself in one process)."""
+    if not dist.enabled:
+        return loader
+    dataset = loader.dataset
+    share = Subset(dataset, dist.shard(len(dataset)))  # type: ignore[arg-type]
+    return DataLoader(
+        share,
+        batch_size=loader.batch_size,
+        shuffle=False,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 def query_gallery_index(query_set: object, gallery_set: object) -> np.ndarray | None:

@@ -120,8 +120,16 @@ class NonFiniteGuard(Hook):
 
     def after_loss(self, trainer: Trainer, terms: Mapping[str, float]) -> None:
         if not math.isfinite(terms["total"]):
+            where = ""
+            if len(trainer.rank_losses) > 1:  # the terms are means over the ranks
+                ranks = [
+                    r
+                    for r, own in enumerate(trainer.rank_losses)
+                    if not math.isfinite(own["total"])
+                ]
+                where = f" on rank {', '.join(map(str, ranks))} of {len(trainer.rank_losses)}"
             raise TrainingDiverged(
-                f"loss became {terms['total']} at epoch {trainer.epoch + 1}, "
+                f"loss became {terms['total']}{where} at epoch {trainer.epoch + 1}, "
                 f"iteration {trainer.iteration + 1} (terms: {dict(terms)}); stopping without "
                 f"saving, {self._last_good(trainer.epoch)}. Try a lower optim.lr."
             )
@@ -169,7 +177,7 @@ class MetricLogging(Hook):
     ) -> None:
         for name, value in terms.items():
             self.sums[name] += value
-        size = len(batch["pid"])
+        size = len(batch["pid"]) * trainer.dist.world_size  # every rank's batch is as large
         self.steps += 1
         self.images += size
         self.window_images += size

@@ -50,14 +50,16 @@ def worker_init_fn(worker_id: int, rank: int = 0) -> None:
     torch.manual_seed(int(words[0]) << 32 | int(words[1]))
 
 
-def seed_epoch(seed: int, epoch: int) -> int:
-    """Reseed python, numpy and torch from (seed, epoch); returns the torch seed used.
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> int:
+    """Reseed python, numpy and torch from (seed, epoch, rank); returns the torch seed used.
 
     Why: the trainer calls this at the start of every epoch, so an epoch's augmentation and loss
     sampling depend only on the run seed and the epoch number, not on what ran before it (an
     evaluation, a restart). A resumed run therefore replays exactly what the uninterrupted one did.
+    Each rank of a distributed run draws its own streams; rank 0's are the one-process ones.
     """
-    words = np.random.SeedSequence([seed, epoch]).generate_state(4)
+    entropy = [seed, epoch] if rank == 0 else [seed, epoch, rank]
+    words = np.random.SeedSequence(entropy).generate_state(4)
     random.seed(int.from_bytes(words.tobytes(), "little"))
     np.random.seed(words)
     torch_seed = int(words[0]) << 32 | int(words[1])

@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from duatm import __version__
-from duatm.config import DuATMConfig, config_from_dict, config_to_dict, save_config
+from duatm.config import ConfigError, DuATMConfig, config_from_dict, config_to_dict, save_config
 from duatm.data.datasets import ReIDDataset
 from duatm.data.transforms import normalise
 from duatm.engine.builders import (
@@ -32,7 +35,6 @@ from duatm.engine.builders import (
     build_test_loader,
     build_train_loader,
     load_dataset,
-    resolve_device,
 )
 from duatm.engine.checkpoint import (
     CheckpointError,
@@ -40,6 +42,13 @@ from duatm.engine.checkpoint import (
     load_checkpoint,
     load_model_state,
     restore_rng_state,
+)
+from duatm.engine.distributed import (
+    barrier,
+    broadcast_buffers,
+    current,
+    mean_over_ranks,
+    rank_device,
 )
 from duatm.engine.evaluator import evaluate
 from duatm.engine.hooks import (
@@ -57,7 +66,7 @@ from duatm.engine.hooks import (
 )
 from duatm.engine.metrics_log import MetricsLogger
 from duatm.engine.seed import seed_epoch, seed_everything
-from duatm.losses import DuATMLoss
+from duatm.losses import DuATMLoss, LossOutput
 from duatm.metrics import RankMetrics
 
 __all__ = [
@@ -90,6 +99,7 @@ _CORE_KEYS = frozenset(
         "scaler",
         "sampler",
         "rng",
+        "world_size",
     }
 )
 
@@ -147,14 +157,25 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.progress = progress
-        self.device = resolve_device(cfg.device)
+        # Set by torchrun (`duatm.engine.distributed.process_group`); one process otherwise.
+        self.dist = current()
+        self.device = rank_device(cfg.device, self.dist)
         seed_everything(cfg.seed, cfg.deterministic)
         self.run_dir = Path(cfg.out_dir)
-        self.dataset = dataset if dataset is not None else load_dataset(cfg)
+        self.dataset = (
+            dataset if dataset is not None else load_dataset(cfg, verbose=self.dist.is_main)
+        )
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
         self.model = build_model(
             cfg, self.dataset.num_train_pids, load_pretrained=checkpoint is None
         ).to(self.device)
+        if cfg.distributed.sync_batchnorm and self.dist.enabled:
+            if self.device.type != "cuda":
+                raise ConfigError(
+                    "distributed.sync_batchnorm=true needs CUDA devices (PyTorch's "
+                    "SyncBatchNorm runs on GPUs only); set it to false on the CPU"
+                )
+            nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.criterion = DuATMLoss(
             cfg.loss.margin, cfg.loss.lambda1, cfg.loss.lambda2, cfg.loss.drop_prob
         )
@@ -166,7 +187,9 @@ class Trainer:
             weight_decay=o.weight_decay,
             nesterov=o.nesterov,
         )
-        self.train_loader, self.sampler = build_train_loader(cfg, self.dataset.train)
+        self.train_loader, self.sampler = build_train_loader(
+            cfg, self.dataset.train, rank=self.dist.rank, world_size=self.dist.world_size
+        )
         self.query_loader = build_test_loader(cfg, self.dataset.query)
         self.gallery_loader = build_test_loader(cfg, self.dataset.gallery)
         self.amp = cfg.amp and self.device.type == "cuda"
@@ -174,6 +197,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.amp and not torch.cuda.is_bf16_supported()
         )
+        self._loss = _TrainingLoss(self.model, self.criterion, self.device, self.amp)
+        self._ddp: DistributedDataParallel | None = None
+        self._ddp_backbone_frozen = False
+        self.rank_losses: list[dict[str, float]] = []  # every rank's loss terms of the last step
         self.epoch = 0  # the next epoch to run
         self.step = 0  # optimiser steps taken
         self.iteration = 0  # within the current epoch, for messages
@@ -192,7 +219,7 @@ class Trainer:
     @property
     def is_main(self) -> bool:
         """Whether this process writes the run folder, logs and prints (rank 0)."""
-        return True
+        return self.dist.is_main
 
     @property
     def iterations_per_epoch(self) -> int:
@@ -212,6 +239,7 @@ class Trainer:
                 self._train_epoch()
                 self._call("after_epoch")
             self._call("after_train")
+        barrier(self.dist)  # every rank returns once rank 0 has written the run folder
         final = self.evaluation.latest
         return (
             final.metrics if final is not None and final.epoch == self.cfg.schedule.epochs else None
@@ -240,6 +268,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": capture_rng_state(),
+            "world_size": self.dist.world_size,
         }
         for hook in self._stateful_hooks():
             state[hook.state_key] = hook.state_dict()
@@ -294,7 +323,7 @@ class Trainer:
 
     def _train_epoch(self) -> None:
         epoch, cfg = self.epoch, self.cfg
-        torch_seed = seed_epoch(cfg.seed, epoch)
+        torch_seed = seed_epoch(cfg.seed, epoch, self.dist.rank)
         self.sampler.set_epoch(epoch)
         generator = self.train_loader.generator
         assert generator is not None  # build_train_loader always gives one
@@ -317,24 +346,21 @@ class Trainer:
         finally:
             self.progress_bar.close()
             self.progress_bar = None
+        with torch.no_grad():
+            broadcast_buffers(self.model, self.dist)
         self.epoch += 1
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
-        """One optimiser step on a batch (``image``, ``pid``); returns the loss terms as floats.
+        """One optimiser step on a batch (``image``, ``pid``); returns the loss terms as floats
+        (with several processes, their means over the ranks: the same numbers on every rank).
 
         The ``after_loss`` hooks see the terms before the weights change (the non-finite guard
-        stops the run there).
+        stops the run there, on every rank at once).
         """
         images = normalise(batch["image"].to(self.device, non_blocking=True))
         pids = batch["pid"].to(self.device, non_blocking=True)
-        with autocast_for(self.device, self.amp):
-            sequences = self.model(images)
-        # The matcher and losses run in float32: attention logits and distances are sensitive.
-        sequences = sequences.float()
-        losses = self.criterion(
-            self.model.pairwise_distances(sequences), sequences, pids, self.model.classifier
-        )
-        terms = losses.as_floats()
+        losses = self._training_loss()(images, pids)
+        terms, self.rank_losses = mean_over_ranks(losses.as_floats(), self.dist)
         self._call("after_loss", terms)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses.total).backward()
@@ -342,6 +368,24 @@ class Trainer:
         self.scaler.update()
         self.step += 1
         return terms
+
+    def _training_loss(self) -> nn.Module:
+        """The loss module, wrapped in DistributedDataParallel when there are several ranks.
+
+        DDP leaves out parameters that do not require gradients when it is built, so it is
+        rebuilt when the backbone is frozen or unfrozen (once in the paper's schedule); the
+        old wrapper is collected first, so that its gradient hooks are gone.
+        """
+        if not self.dist.enabled:
+            return self._loss
+        frozen = self.model.backbone_frozen
+        if self._ddp is None or self._ddp_backbone_frozen != frozen:
+            self._ddp = None
+            gc.collect()
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self._loss, device_ids=device_ids)
+            self._ddp_backbone_frozen = frozen
+        return self._ddp
 
     def _evaluate_test(self, trainer: Trainer) -> tuple[RankMetrics, dict[str, float]]:
         """Rank metrics of the current model on the query/gallery split, and stage timings."""
@@ -356,7 +400,10 @@ class Trainer:
             tile_mb=e.tile_mb,
             max_rank=e.max_rank,
             keep_same_camera=e.keep_same_camera,
-            progress=self.progress,
+            progress=self.progress and self.is_main,
+            dist=self.dist,
+            stream_to=e.stream_to,
+            block_mb=e.block_mb,
         )
 
     def _restore(self, state: dict[str, Any], source: str) -> None:
@@ -370,7 +417,9 @@ class Trainer:
                 f"{source} was trained on {state['num_classes']} identities; the dataset at "
                 f"{self.cfg.data.root} has {self.dataset.num_train_pids}"
             )
-        _warn_config_changes(config_from_dict(state["config"], source), self.cfg, source)
+        if self.is_main:
+            _warn_config_changes(config_from_dict(state["config"], source), self.cfg, source)
+            _warn_world_size_change(state.get("world_size", 1), self.dist.world_size, source)
         load_model_state(self.model, state["model"], source)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -384,6 +433,42 @@ class Trainer:
         }
         self._resumed_from = source
         _LOG.info("resumed from %s after epoch %d", source, self.epoch)
+
+
+class _TrainingLoss(nn.Module):
+    """The whole training computation of a batch (sequences, the batch's B x B matcher
+    distances, the three losses) as one module, so that DistributedDataParallel sees every
+    parameter that gets a gradient: the matcher and the classifier run outside the model's own
+    forward."""
+
+    def __init__(
+        self, model: nn.Module, criterion: DuATMLoss, device: torch.device, amp: bool
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+        self.device = device
+        self.amp = amp
+
+    def forward(self, images: Tensor, pids: Tensor) -> LossOutput:
+        with autocast_for(self.device, self.amp):
+            sequences = self.model(images)
+        # The matcher and losses run in float32: attention logits and distances are sensitive.
+        sequences = sequences.float()
+        return self.criterion(
+            self.model.pairwise_distances(sequences), sequences, pids, self.model.classifier
+        )
+
+
+def _warn_world_size_change(saved: int, current_size: int, source: str) -> None:
+    """Resuming with another number of processes keeps the state but not the batches."""
+    if saved != current_size:
+        tqdm.write(
+            f"resuming from {source}, trained on {saved} process(es), on {current_size}: "
+            "weights, optimiser, step and epoch counters, best and metric logs carry on; from "
+            f"here each step takes P x V x {current_size} images and epochs have "
+            "correspondingly fewer steps (docs/design.md#distributed)"
+        )
 
 
 def _warn_config_changes(saved: DuATMConfig, current: DuATMConfig, source: str) -> None:

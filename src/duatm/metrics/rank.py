@@ -198,11 +198,28 @@ def _chunk_per_query(
     so a kept match's rank in the kept list is its sorted position minus the removed matches
     before it in the same row. This avoids any further (chunk x gallery) pass after the sort.
     """
-    num_rows = dist.shape[0]
     order = np.argsort(dist, axis=1, kind="stable")
     # Row-major, so the matches of a row come together and in rank order.
     rows, cols = np.nonzero(g_pids[order] == q_pids[:, None])
-    gallery_idx = order[rows, cols]
+    return _per_query_from_matches(
+        rows, cols, order[rows, cols], dist.shape[0], q_camids, q_self, g_camids, keep_same_camera
+    )
+
+
+def _per_query_from_matches(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    gallery_idx: np.ndarray,
+    num_rows: int,
+    q_camids: np.ndarray,
+    q_self: np.ndarray | None,
+    g_camids: np.ndarray,
+    keep_same_camera: bool,
+) -> _PerQuery:
+    """The protocol on the true matches of ``num_rows`` queries: entry k is a match of query
+    ``rows[k]`` (a row index into q_camids / q_self), gallery item ``gallery_idx[k]``, at 0-based
+    position ``cols[k]`` of that query's sorted gallery list; entries come row by row, each
+    row's in rank order."""
     num_matches = np.bincount(rows, minlength=num_rows)
     removed = np.zeros(rows.size, dtype=bool)
     if not keep_same_camera:
@@ -227,6 +244,109 @@ def _chunk_per_query(
     last_rank[valid] = rank[(starts + num_rel - 1)[valid]]
     ap = np.divide(ap_sum, num_rel, out=np.zeros(num_rows), where=valid)
     return _PerQuery(num_matches, num_rel, ap, first_rank, last_rank)
+
+
+def rank_metrics_from_positions(
+    match_query,
+    match_gallery,
+    match_position,
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    max_rank: int = 50,
+    *,
+    keep_same_camera: bool = False,
+    query_gallery_index=None,
+) -> RankMetrics:
+    """:func:`rank_metrics` from where each true match stands, instead of from the matrix.
+
+    Why: the protocol needs, per query, only the positions of its true matches in the sorted
+    gallery list, and a position is a count (items with a smaller distance, or an equal one at
+    a lower gallery index: the stable sort's order) that adds up over gallery blocks. So a
+    distance matrix too large for one process or for memory is evaluated block by block, with
+    :func:`count_ahead` per block, and the same protocol code gives the same numbers.
+
+    Args:
+        match_query, match_gallery: (M,) integers; every (query, gallery item) pair with equal
+            pids, each once, in any order.
+        match_position: (M,) integers; the gallery item's 0-based position in its query's list.
+        The other arguments are those of :func:`rank_metrics`.
+    """
+    num_q, num_g = np.size(q_pids), np.size(g_pids)
+    if num_q == 0 or num_g == 0:
+        raise ValueError(
+            f"q_pids, g_pids: expected queries and gallery items, got {num_q} and {num_g}"
+        )
+    q_pids = _as_int_vector(q_pids, "q_pids", num_q, "one per query")
+    g_pids = _as_int_vector(g_pids, "g_pids", num_g, "one per gallery item")
+    q_camids = _as_int_vector(q_camids, "q_camids", num_q, "num_query = len(q_pids)")
+    g_camids = _as_int_vector(g_camids, "g_camids", num_g, "num_gallery = len(g_pids)")
+    num_m = np.size(match_query)
+    rows = _as_int_vector(match_query, "match_query", num_m, "num_matches")
+    gallery_idx = _as_int_vector(match_gallery, "match_gallery", num_m, "num_matches")
+    positions = _as_int_vector(match_position, "match_position", num_m, "num_matches")
+    max_rank = _positive_int(max_rank, "max_rank")
+    q_self = None
+    if query_gallery_index is not None:
+        q_self = _as_int_vector(
+            query_gallery_index, "query_gallery_index", num_q, "num_query = len(q_pids)"
+        )
+        _check_query_gallery_index(q_self, q_pids, g_pids)
+    inside = (rows >= 0) & (rows < num_q) & (gallery_idx >= 0) & (gallery_idx < num_g)
+    if not inside.all() or ((positions < 0) | (positions >= num_g)).any():
+        raise ValueError("match_query / match_gallery / match_position: index out of range")
+    if (q_pids[rows] != g_pids[gallery_idx]).any():
+        raise ValueError("match_query / match_gallery: a pair whose pids differ is not a match")
+    pids, gallery_counts = np.unique(g_pids, return_counts=True)
+    where = np.searchsorted(pids, q_pids).clip(max=pids.size - 1)
+    expected = np.where(pids[where] == q_pids, gallery_counts[where], 0)
+    if num_m != expected.sum() or np.unique(rows * num_g + gallery_idx).size != num_m:
+        raise ValueError(
+            f"match_query / match_gallery: expected each of the {int(expected.sum())} "
+            f"same-pid (query, gallery) pairs once, got {num_m} pairs"
+        )
+    order = np.lexsort((positions, rows))
+    per_query = _per_query_from_matches(
+        rows[order],
+        positions[order],
+        gallery_idx[order],
+        num_q,
+        q_camids,
+        q_self,
+        g_camids,
+        keep_same_camera,
+    )
+    return _aggregate(per_query, max_rank, keep_same_camera, q_self is not None, q_camids, g_camids)
+
+
+def count_ahead(
+    block: np.ndarray,
+    block_start: int,
+    rows: np.ndarray,
+    gallery_idx: np.ndarray,
+    values: np.ndarray,
+) -> np.ndarray:
+    """For matches (query ``rows``, gallery item ``gallery_idx`` at distance ``values``), how
+    many items of one column block of the distance matrix rank ahead of them: a smaller
+    distance, or an equal one at a lower gallery index. ``block`` holds gallery items
+    ``block_start ...`` for every query. Summed over all blocks, this is the match's position
+    for :func:`rank_metrics_from_positions`."""
+    counts = np.zeros(rows.size, dtype=np.int64)
+    width = block.shape[1]
+    if width == 0 or rows.size == 0:
+        return counts
+    columns = np.arange(block_start, block_start + width)
+    step = max(1, _CHUNK_ENTRIES // width)
+    for start in range(0, rows.size, step):
+        part = slice(start, start + step)
+        distances = block[rows[part]]
+        value = values[part, None]
+        counts[part] = np.count_nonzero(distances < value, axis=1)
+        counts[part] += np.count_nonzero(
+            (distances == value) & (columns < gallery_idx[part, None]), axis=1
+        )
+    return counts
 
 
 def _exclusive_cumsum_within_rows(
