@@ -23,6 +23,11 @@ class IdentityBatchSampler(Sampler[list[int]]):
     An epoch is one pass, or ``batches_per_epoch`` batches taken from consecutive passes (so a
     long epoch keeps drawing new samples instead of repeating a pass).
 
+    It only sees identities, so it batches images and video tracklets alike (paper: P = 10,
+    V = 4 images; P = 7, V = 3 tracklets). A tracklet repeated in a batch (an identity with
+    fewer than V tracklets) still gives two different training clips, each with its own random
+    start and augmentation.
+
     With ``world_size > 1`` (W processes, each training on its own P x V batch, one optimiser
     step over all of them) a pass is cut into *global* groups of P x W distinct identities,
     each split into W batches of P, and every process takes every W-th batch from ``rank``.
