@@ -64,7 +64,7 @@ class ImageDataset(Dataset[dict[str, Any]]):
             self.records = [self.records[i] for i in decoded.readable]
             self.skipped = decoded.broken
             if cache:
-                self.cached = stack_prepared(decoded.prepared)
+                self.cached = decoded.prepared
             if self.skipped:
                 named = ", ".join(s.path for s in self.skipped[:MAX_LOGGED_FILES])
                 logger.warning(
@@ -98,11 +98,12 @@ class ImageDataset(Dataset[dict[str, Any]]):
 
 class DecodedImages(NamedTuple):
     """What :func:`decode_images` found: positions of the readable paths, the unreadable ones,
-    and the prepared pixels of the readable ones (empty unless asked to keep them)."""
+    and the prepared pixels of the readable ones, one uint8 tensor (N, 3, H, W) (empty unless
+    asked to keep them)."""
 
     readable: list[int]
     broken: list[SkippedImage]
-    prepared: list[torch.Tensor]
+    prepared: torch.Tensor
 
 
 def decode_images(
@@ -110,11 +111,13 @@ def decode_images(
 ) -> DecodedImages:
     """Decode every path once, to check it and, with ``keep``, to cache its prepared pixels.
 
-    An unreadable image raises :class:`ImageReadError` unless ``skip_broken``.
+    The pixels go straight into one tensor allocated for all paths at the first image, so the
+    cache never needs twice its size (a list of images, then their stack). An unreadable image
+    raises :class:`ImageReadError` unless ``skip_broken``.
     """
     readable: list[int] = []
     broken: list[SkippedImage] = []
-    prepared: list[torch.Tensor] = []
+    prepared: torch.Tensor | None = None
     for position, path in enumerate(paths):
         try:
             image = read_image(path)
@@ -123,12 +126,12 @@ def decode_images(
                 raise
             broken.append(SkippedImage(path, str(exc.__cause__ or exc)))
             continue
-        readable.append(position)
         if keep:
-            prepared.append(transform.prepare(image).as_subclass(torch.Tensor))
-    return DecodedImages(readable, broken, prepared)
-
-
-def stack_prepared(prepared: Sequence[torch.Tensor]) -> torch.Tensor:
-    """One uint8 tensor (N, 3, H, W) of prepared images: the in-memory cache."""
-    return torch.stack(list(prepared)) if prepared else torch.empty(0, dtype=torch.uint8)
+            pixels = transform.prepare(image).as_subclass(torch.Tensor)
+            if prepared is None:
+                prepared = torch.empty((len(paths), *pixels.shape), dtype=pixels.dtype)
+            prepared[len(readable)] = pixels
+        readable.append(position)
+    if prepared is None:
+        return DecodedImages(readable, broken, torch.empty(0, dtype=torch.uint8))
+    return DecodedImages(readable, broken, prepared[: len(readable)])

@@ -21,7 +21,6 @@ from duatm.data.image_dataset import (
     MAX_LOGGED_FILES,
     SkippedImage,
     decode_images,
-    stack_prepared,
 )
 from duatm.data.records import TrackletRecord
 from duatm.data.transforms import PixelPipeline, read_image
@@ -92,7 +91,7 @@ class VideoDataset(Dataset[dict[str, Any]]):
         self.records = kept
         if cache:
             # The readable frames, in order: exactly the frames of the kept tracklets.
-            self.frames = stack_prepared(decoded.prepared)
+            self.frames = decoded.prepared
             self.offsets = torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0)
         if self.skipped:
             named = ", ".join(s.path for s in self.skipped[:MAX_LOGGED_FILES])
