@@ -17,13 +17,8 @@ from other processes hits them alike.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
-import gc
-import re
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +29,7 @@ from duatm.models.matching import (
     DualAttentionMatcher,
     PreparedSequences,
 )
-from timing import device_sync, interleaved_best
+from timing import ResidentMemory, device_sync, interleaved_best
 
 MiB = 2**20
 
@@ -49,43 +44,13 @@ def naive_flops_per_pair(s: int, d: int) -> int:
     return 2 * (2 * s * d * d) + 4 * (2 * 2 * s * s * d)
 
 
-class _ResidentMemory:
-    """Peak resident memory of a CPU call, from the kernel's high-water mark (Linux).
-
-    Free heap pages go back to the system first (glibc `malloc_trim`), so that what the call
-    allocates must become resident anew, then the high-water mark is reset to the current RSS
-    (`/proc/self/clear_refs`, "5"), and after the call it is read back (`VmHWM`).
-    """
-
-    def __init__(self) -> None:
-        name = ctypes.util.find_library("c")
-        self._libc = ctypes.CDLL(name) if name else None
-        self.available = self._libc is not None and Path("/proc/self/clear_refs").exists()
-
-    @staticmethod
-    def _status_kib(field: str) -> int:
-        text = Path("/proc/self/status").read_text()
-        match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
-        assert match is not None, field
-        return int(match.group(1))
-
-    def peak_growth(self, fn: Callable[[], object]) -> int:
-        gc.collect()
-        assert self._libc is not None
-        self._libc.malloc_trim(0)
-        Path("/proc/self/clear_refs").write_text("5")
-        before = self._status_kib("VmRSS")
-        fn()
-        return (self._status_kib("VmHWM") - before) * 1024
-
-
 def working_memory(
     matcher: DualAttentionMatcher,
     query: PreparedSequences,
     gallery: PreparedSequences,
     budget: int,
     device: torch.device,
-    resident: _ResidentMemory,
+    resident: ResidentMemory,
 ) -> float:
     """Peak bytes a `pairwise_prepared` call holds beyond its inputs and its (Q, G) output."""
     output_bytes = len(query) * len(gallery) * 4
@@ -263,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     ]
     if not args.skip_memory:
-        resident = _ResidentMemory()
+        resident = ResidentMemory()
         with torch.inference_mode():
             prepared_q = matcher.prepare(xq)
             for tile_budget in (budget, 4 * budget):

@@ -1,4 +1,4 @@
-"""Timing helpers shared by the benchmark scripts.
+"""Timing and memory helpers shared by the benchmark scripts.
 
 Contenders run in turn, round after round, and each keeps its best time: load from other
 processes (or a CPU that changes speed) then hits every contender alike, which a block of
@@ -7,8 +7,13 @@ repeats per contender does not.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -34,3 +39,33 @@ def interleaved_best(
             if round_ > 0:
                 best[name] = min(best[name], time.perf_counter() - start)
     return best
+
+
+class ResidentMemory:
+    """Peak resident memory of a CPU call, from the kernel's high-water mark (Linux).
+
+    Free heap pages go back to the system first (glibc `malloc_trim`), so that what the call
+    allocates must become resident anew, then the high-water mark is reset to the current RSS
+    (`/proc/self/clear_refs`, "5"), and after the call it is read back (`VmHWM`).
+    """
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("c")
+        self._libc = ctypes.CDLL(name) if name else None
+        self.available = self._libc is not None and Path("/proc/self/clear_refs").exists()
+
+    @staticmethod
+    def _status_kib(field: str) -> int:
+        text = Path("/proc/self/status").read_text()
+        match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+        assert match is not None, field
+        return int(match.group(1))
+
+    def peak_growth(self, fn: Callable[[], object]) -> int:
+        gc.collect()
+        assert self._libc is not None
+        self._libc.malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+        before = self._status_kib("VmRSS")
+        fn()
+        return (self._status_kib("VmHWM") - before) * 1024

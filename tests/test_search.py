@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import duatm
 from duatm.cli import main
@@ -90,7 +89,9 @@ def test_shortlisted_results_come_from_the_shortlist_with_exact_distances(
 ) -> None:
     n = 6
     result = search(model, index, queries, top=4, shortlist=n)
-    candidates = Shortlister(index.pooled, "torch").nearest(pooled_vectors(queries), n)
+    candidates = Shortlister(index.pooled, "torch").nearest(
+        pooled_vectors(model.prepare(queries)), n
+    )
     full = model.distance(queries, index.prepared.x)
     for q in range(len(queries)):
         assert set(result.indices[q].tolist()) <= set(candidates[q].tolist())
@@ -99,11 +100,21 @@ def test_shortlisted_results_come_from_the_shortlist_with_exact_distances(
         torch.testing.assert_close(result.distances[q], full[q, result.indices[q]])
 
 
-def test_torch_shortlist_is_the_cosine_ranking_across_blocks(monkeypatch) -> None:
+def test_pooled_vectors_are_mean_refined_elements(model, index, queries) -> None:
+    prepared = model.prepare(queries)
+    with torch.no_grad():
+        filtered = model.module.matcher.transform(queries.reshape(-1, 16)).view_as(queries)
+        refined = torch.softmax(filtered @ queries.transpose(1, 2), -1) @ queries  # Eq. 2-3
+    torch.testing.assert_close(pooled_vectors(prepared), refined.mean(1))
+    gallery = model.prepare(model.extract(index.paths))
+    torch.testing.assert_close(index.pooled, pooled_vectors(gallery))
+
+
+def test_torch_shortlist_is_the_euclidean_ranking_across_blocks(monkeypatch) -> None:
     torch.manual_seed(0)
-    pooled = F.normalize(torch.randn(50, 8), dim=-1)
-    queries = F.normalize(torch.randn(4, 8), dim=-1)
-    expected = (queries @ pooled.T).argsort(dim=1, descending=True)[:, :9]
+    pooled = torch.randn(50, 8)
+    queries = torch.randn(4, 8)
+    expected = torch.cdist(queries, pooled).argsort(dim=1)[:, :9]
     monkeypatch.setattr(shortlist_module, "_TORCH_BLOCK", 7)
     assert torch.equal(Shortlister(pooled, "torch").nearest(queries, 9), expected)
     assert Shortlister(pooled, "torch").nearest(queries, 80).shape == (4, 50)
@@ -112,8 +123,8 @@ def test_torch_shortlist_is_the_cosine_ranking_across_blocks(monkeypatch) -> Non
 @pytest.mark.skipif(not faiss_installed(), reason="the faiss extra is not installed")
 def test_faiss_shortlist_equals_the_torch_shortlist() -> None:
     torch.manual_seed(1)
-    pooled = F.normalize(torch.randn(300, 16), dim=-1)
-    queries = F.normalize(torch.randn(5, 16), dim=-1)
+    pooled = torch.randn(300, 16)
+    queries = torch.randn(5, 16)
     faiss = Shortlister(pooled, "faiss")
     assert faiss.backend == "faiss" and Shortlister(pooled).backend == "faiss"
     assert torch.equal(
@@ -176,7 +187,7 @@ def test_files_that_are_not_indexes_are_refused(index, tiny_checkpoint, tmp_path
     state = torch.load(path, weights_only=True)
     state["version"] = 99
     save_checkpoint(tmp_path / "future.index", state)
-    with pytest.raises(GalleryIndexError, match=r"format version 99; .* reads version 1"):
+    with pytest.raises(GalleryIndexError, match=r"format version 99; .* reads version 2"):
         load_index(tmp_path / "future.index")
     (tmp_path / "cut.index").write_bytes(path.read_bytes()[:100])
     with pytest.raises(
@@ -248,9 +259,11 @@ def test_cli_index_of_an_image_folder_and_refusals(
     out = tmp_path / "folder.index"
     folder = tiny_synthped / "query"
     base = ["index", "--checkpoint", str(tiny_checkpoint), "--no-progress"]
-    assert main([*base, "--images", str(folder), "--out", str(out)]) == 0
+    second = tiny_synthped / "bounding_box_test"
+    assert main([*base, "--images", str(folder), str(second), "--out", str(out)]) == 0
     loaded = load_index(out)
-    assert loaded.paths == [str(p) for p in sorted(folder.glob("*.jpg"))]
+    expected = [*sorted(folder.glob("*.jpg")), *sorted(second.glob("*.jpg"))]
+    assert loaded.paths == [str(p) for p in expected]
     assert set(loaded.pids.tolist()) == {-1} and set(loaded.camids.tolist()) == {-1}
     capsys.readouterr()
 

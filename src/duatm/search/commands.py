@@ -33,8 +33,9 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--images",
         metavar="DIR",
-        help="index every image under DIR (recursively; pid and camid -1); "
-        "instead of --data-root, which indexes the gallery split of the checkpoint's dataset",
+        nargs="+",
+        help="index every image under these folders (recursively; pid and camid -1), instead "
+        "of --data-root, which indexes the gallery split of the checkpoint's dataset",
     )
     parser.add_argument("--out", dest="index_path", required=True, help="index file to write")
     parser.add_argument(
@@ -67,8 +68,10 @@ def _index(args: argparse.Namespace) -> int:
     model = load(args.checkpoint, device=None, overrides=overrides)
     cfg = model.config
     if args.images:
-        records = [ImageRecord(str(path), -1, -1) for path in image_files(Path(args.images))]
-        source = args.images
+        records = [
+            ImageRecord(str(path), -1, -1) for d in args.images for path in image_files(Path(d))
+        ]
+        source = ", ".join(args.images)
     else:
         records = load_dataset(cfg).gallery
         source = f"{cfg.data.root} (gallery)"

@@ -1,7 +1,7 @@
 """A saved gallery index: everything a search needs from the gallery, extracted once.
 
 Why: extracting a gallery is by far the slowest step of a search, and the matcher's per-item
-work (Eq. 1 filter, intra refinement, Gram matrix; docs/design.md#pairwise) is the same for
+work (Eq. 1 filter, intra refinement, Gram matrix; docs/design.md#per-item-work) is the same for
 every query. An index keeps both, plus one pooled vector per item for the first-stage
 shortlist, the records, and the fingerprint of the model that made it, so that a query is
 never compared with a gallery of another model.
@@ -10,7 +10,7 @@ File layout (a ``torch.save`` dict, read back with ``weights_only=True``; versio
 :data:`INDEX_VERSION`): ``format`` (:data:`INDEX_FORMAT`), ``version``, ``duatm_version``,
 ``fingerprint``, ``checkpoint``, ``flip``, ``dtype``, ``prepared`` (the fields of
 :class:`~duatm.models.matching.PreparedSequences`: (N, S, D) tensors in ``dtype``, the smaller
-per-item ones in float32, unused ones ``None``), ``pooled`` (N, D) float32 unit vectors,
+per-item ones in float32, unused ones ``None``), ``pooled`` (N, D) float32 mean refined vectors,
 ``paths`` (list of str), ``pids`` and ``camids`` ((N,) int64; -1 where unknown).
 """
 
@@ -19,13 +19,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -38,7 +37,7 @@ from duatm.models.matching import PreparedSequences
 
 INDEX_FORMAT = "duatm-gallery-index"
 #: Bumped when the layout changes; an index of another version is refused with a clear error.
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 INDEX_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # The (N, S, D) fields of PreparedSequences, stored in the index dtype.
 _SEQUENCE_FIELDS = ("x", "scaled_query", "reference")
@@ -76,14 +75,22 @@ class GalleryIndex:
 
     def select(self, indices: Tensor, device: torch.device | None = None) -> PreparedSequences:
         """Prepared tensors of the items at ``indices`` (1-D int64), as float32 on ``device``."""
-        return _map_tensors(
-            self.prepared, lambda t: t[indices].to(device=device, dtype=torch.float32)
-        )
+        return _map_tensors(self.prepared, lambda t: _computable(t[indices], device))
 
     def slice(self, start: int, stop: int, device: torch.device | None = None) -> PreparedSequences:
         """Prepared tensors of items ``start:stop``, as float32 on ``device``."""
-        return _map_tensors(
-            self.prepared, lambda t: t[start:stop].to(device=device, dtype=torch.float32)
+        return _map_tensors(self.prepared, lambda t: _computable(t[start:stop], device))
+
+    def subset(self, indices: Tensor) -> GalleryIndex:
+        """The items at ``indices`` (1-D int64) as an index of their own, in the same storage."""
+        rows = indices.tolist()
+        return dataclasses.replace(
+            self,
+            prepared=_map_tensors(self.prepared, lambda t: t[indices]),
+            pooled=self.pooled[indices],
+            paths=[self.paths[i] for i in rows],
+            pids=self.pids[indices],
+            camids=self.camids[indices],
         )
 
     def records(self, indices: Sequence[int] | Tensor) -> list[ImageRecord]:
@@ -104,10 +111,14 @@ class GalleryIndex:
         return sum(t.nbytes for t in [*tensors, self.pooled, self.pids, self.camids])
 
 
-def pooled_vectors(sequences: Tensor) -> Tensor:
-    """(N, S, D) -> (N, D) float32: each sequence's mean element, L2-normalised; the first
-    stage ranks gallery items by the cosine similarity of these (the AvePool representation)."""
-    return F.normalize(sequences.float().mean(1), dim=-1)
+def pooled_vectors(prepared: PreparedSequences) -> Tensor:
+    """(N, D) float32: each item's mean refined element (``reference``: the intra-refined
+    sequence of Eq. 3, or the sequence itself where a mode has no refinement). The first stage
+    ranks gallery items by the Euclidean distance of these vectors, which on a trained model's
+    sequences ranks the DuATM top-10 among the first 100 of 10,000 items
+    (benchmarks/search.py; docs/guide/search.md#two-stage)."""
+    elements = prepared.x if prepared.reference is None else prepared.reference
+    return elements.float().mean(1)
 
 
 def build_index(
@@ -119,34 +130,64 @@ def build_index(
     num_workers: int = 0,
     progress: bool = False,
 ) -> GalleryIndex:
-    """Extract and prepare every record's image with ``model`` (in chunks, so memory stays
-    bounded by the chunk and the stored tensors), in ``dtype`` storage."""
+    """Extract and prepare every record's image with ``model``, in ``dtype`` storage; images
+    are extracted a chunk at a time, so memory holds one chunk in float32 and the index."""
+    flip = model.config.eval.flip if flip is None else flip
+    bar = tqdm(total=len(records), desc="index", unit="img", disable=not progress)
+
+    def chunks() -> Iterator[Tensor]:
+        for start in range(0, len(records), _BUILD_CHUNK):
+            part = records[start : start + _BUILD_CHUNK]
+            yield model.extract([r.path for r in part], flip=flip, num_workers=num_workers)
+            bar.update(len(part))
+
+    with bar:
+        return index_sequences(model, chunks(), records, dtype=dtype, flip=flip)
+
+
+def index_sequences(
+    model: TrainedModel,
+    chunks: Iterable[Tensor],
+    records: Sequence[ImageRecord],
+    *,
+    dtype: str = "float32",
+    flip: bool = False,
+) -> GalleryIndex:
+    """An index of already extracted sequences, given as consecutive (n, S, D) chunks that
+    together hold one sequence per record (what :func:`build_index` and the search benchmark
+    feed it). The storage is allocated once, so peak memory is the index plus one chunk."""
     if dtype not in INDEX_DTYPES:
         raise GalleryIndexError(
             f"index dtype must be one of {', '.join(INDEX_DTYPES)}; got {dtype!r}"
         )
     if not records:
-        raise GalleryIndexError("an index needs at least one gallery image; got none")
-    flip = model.config.eval.flip if flip is None else flip
-    chunks: list[PreparedSequences] = []
-    pooled: list[Tensor] = []
-    with tqdm(total=len(records), desc="index", unit="img", disable=not progress) as bar:
-        for start in range(0, len(records), _BUILD_CHUNK):
-            part = records[start : start + _BUILD_CHUNK]
-            sequences = model.extract([r.path for r in part], flip=flip, num_workers=num_workers)
-            chunks.append(_stored(model.prepare(sequences), INDEX_DTYPES[dtype]))
-            pooled.append(pooled_vectors(sequences).cpu())
-            bar.update(len(part))
-    fields = _fields(chunks[0])
-    merged = PreparedSequences(
-        **{
-            name: None if first is None else torch.cat([_fields(c)[name] for c in chunks])
-            for name, first in fields.items()
-        }
-    )
+        raise GalleryIndexError("an index needs at least one gallery item; got none")
+    storage: dict[str, Tensor | None] = {}
+    pooled = torch.empty(0)
+    filled = 0
+    for sequences in chunks:
+        stop = filled + len(sequences)
+        if stop > len(records):
+            raise GalleryIndexError(f"more sequences than the {len(records)} records")
+        prepared = model.prepare(sequences)
+        part = _fields(_stored(prepared, INDEX_DTYPES[dtype]))
+        if not storage:
+            storage = {
+                name: None if t is None else t.new_empty((len(records), *t.shape[1:]))
+                for name, t in part.items()
+            }
+            pooled = torch.empty(len(records), sequences.shape[-1])
+        for name, t in part.items():
+            target = storage[name]
+            if target is not None and t is not None:
+                target[filled:stop] = t
+        pooled[filled:stop] = pooled_vectors(prepared).cpu()
+        filled = stop
+    if filled != len(records):
+        raise GalleryIndexError(f"{filled} sequences for {len(records)} records")
     return GalleryIndex(
-        prepared=merged,
-        pooled=torch.cat(pooled),
+        prepared=PreparedSequences(**storage),
+        pooled=pooled,
         paths=[str(r.path) for r in records],
         pids=torch.tensor([r.pid for r in records], dtype=torch.int64),
         camids=torch.tensor([r.camid for r in records], dtype=torch.int64),
@@ -241,13 +282,20 @@ def _map_tensors(prepared: PreparedSequences, fn: Any) -> PreparedSequences:
     )
 
 
+def _computable(t: Tensor, device: torch.device | None) -> Tensor:
+    """A stored tensor as the matcher takes it: on ``device``, floating point as float32."""
+    return t.to(device=device, dtype=torch.float32 if t.is_floating_point() else t.dtype)
+
+
 def _stored(prepared: PreparedSequences, storage: torch.dtype) -> PreparedSequences:
     """On the CPU; the (N, S, D) sequence tensors (the bulk) in the storage dtype, the smaller
-    per-item ones (Gram matrices, norms) kept in float32."""
+    per-item ones (Gram matrices, norms) kept in float32, integer ones (lengths) as they are."""
     return PreparedSequences(
         **{
             name: None
             if t is None
+            else t.cpu()
+            if not t.is_floating_point()
             else t.cpu().to(storage if name in _SEQUENCE_FIELDS else torch.float32)
             for name, t in _fields(prepared).items()
         }

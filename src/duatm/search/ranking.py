@@ -47,7 +47,7 @@ def search(
     if shortlist <= 0 or shortlist >= len(index):
         return exact_search(model, index, prepared, top=top)
     shortlister = shortlister or Shortlister(index.pooled)
-    candidates = shortlister.nearest(pooled_vectors(queries), shortlist)
+    candidates = shortlister.nearest(pooled_vectors(prepared), shortlist)
     return rerank(model, index, prepared, candidates, top=top)
 
 
