@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,22 @@ def test_bad_inputs_get_one_line_errors_naming_the_item(
         model.distance(torch.zeros(2, 16))
     with pytest.raises(TypeError, match="must be a float tensor"):
         model.distance(torch.zeros(2, 2, 16, dtype=torch.long))
+
+
+def test_the_readme_example_runs_as_written(
+    tiny_checkpoint: Path, tiny_synthped: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """The three-line example of README.md and docs/guide/search.md, verbatim, on a demo-like
+    folder (a tiny model in place of the demo's)."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    start = readme.index("```python\nimport duatm, glob\n") + len("```python\n")
+    example = readme[start : readme.index("```", start)]
+    assert example in (root / "docs" / "guide" / "search.md").read_text()
+    (tmp_path / "runs" / "demo" / "dual-seed0").mkdir(parents=True)
+    shutil.copy(tiny_checkpoint, tmp_path / "runs" / "demo" / "dual-seed0" / "last.pt")
+    shutil.copytree(tiny_synthped, tmp_path / "runs" / "demo" / "synthped")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert printed.startswith("tensor([[") and printed.count(",") == 1
