@@ -67,3 +67,17 @@ def tiny_checkpoint(tiny_synthped: Path, tmp_path_factory: pytest.TempPathFactor
 def other_checkpoint(tiny_synthped: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same architecture as ``tiny_checkpoint`` with other weights."""
     return write_tiny_checkpoint(tmp_path_factory.mktemp("ck") / "other.pt", tiny_synthped, seed=1)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_of_mode(tiny_synthped: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A tiny checkpoint for each matcher mode, made on first use."""
+    folder = tmp_path_factory.mktemp("modes")
+
+    def make(mode: str) -> Path:
+        path = folder / f"{mode}.pt"
+        if not path.exists():
+            write_tiny_checkpoint(path, tiny_synthped, overrides=(f"model.mode={mode}",))
+        return path
+
+    return make

@@ -64,6 +64,21 @@ def test_exact_search_is_the_sorted_distance_matrix(model, dataset, index, queri
     assert index.records(result.indices[0][:1])[0] == dataset.gallery[int(expected_idx[0, 0])]
 
 
+@pytest.mark.parametrize("mode", ["intra", "inter", "avgpool"])
+def test_every_matcher_mode_ranks_like_its_distance_matrix(
+    checkpoint_of_mode, dataset, tmp_path, mode
+) -> None:
+    model = duatm.load(checkpoint_of_mode(mode), device="cpu")
+    index = load_index(save_index(build_index(model, dataset.gallery), tmp_path / "g.index"))
+    queries = model.extract([r.path for r in dataset.query])
+    gallery = model.extract([r.path for r in dataset.gallery])
+    expected_idx, expected_d = ranking_by_full_matrix(model.distance(queries, gallery), 5)
+    for shortlist in (0, len(index) - 1):
+        result = search(model, index, queries, top=5, shortlist=shortlist)
+        assert torch.equal(result.indices, expected_idx)
+        torch.testing.assert_close(result.distances, expected_d)
+
+
 def test_exact_search_in_chunks_equals_one_chunk(model, index, queries, monkeypatch) -> None:
     whole = exact_search(model, index, model.prepare(queries), top=7)
     monkeypatch.setattr(
