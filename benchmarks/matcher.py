@@ -3,9 +3,9 @@
 Prints, from one run on the same inputs: pairs/s of `pairwise`; pairs/s of the naive path
 (expand the pairs and call `forward`, from one pair per call up to large batches); the fp32
 matrix-multiply rate of a big square product (the peak) and of the product the kernel issues
-per tile; the efficiency pairs/s x 8 S^2 D / peak flop/s (DESIGN §2); and the peak working
-memory of `pairwise_prepared` for two tile budgets x two gallery sizes, to show it is set by the
-tile budget, not by the gallery. Also the forward + backward time of a training batch's B x B
+per tile; the efficiency pairs/s x 8 S^2 D / peak flop/s (docs/design.md#norm-expansion); and
+the peak working memory of `pairwise_prepared` for two tile budgets x two gallery sizes, to show
+it is set by the tile budget, not by the gallery. Also the forward + backward time of a training batch's B x B
 distances, computed the way training does (the batch against itself) and by the general path.
 
 Timings interleave the contenders over several rounds and keep each one's best, so that load

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``duatm`` command: parse ``argv`` (default: ``sys.argv[1:]``), run the sub-command and
+    return its exit status (0 success, 2 bad input, 3 training diverged)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -8,7 +8,8 @@ containers so a run can be reproduced or resumed from what it wrote.
 
 Epochs are counted from 0. The backbone is frozen while `epoch < schedule.freeze_backbone_epochs`;
 the learning rate is `optim.lr * schedule.lr_decay_factor` once `epoch >= schedule.lr_decay_epoch`.
-The defaults are the paper's image recipe (DESIGN.md §1).
+The defaults are the paper's image recipe (docs/design.md#recipe). The lines between the
+``--8<--`` markers are included verbatim in docs/guide/configs.md.
 """
 
 from __future__ import annotations
@@ -44,8 +45,11 @@ class ConfigError(ValueError):
     """A configuration that cannot be used: unknown key, wrong type or value, unreadable file."""
 
 
+# --8<-- [start:schema]
 @dataclass
 class ModelConfig:
+    """``model``: the network (backbone, sequence length D, matcher mode)."""
+
     backbone: str = "densenet121"  # CNN trunk: "densenet121", "resnet50" or "densenet_tiny"
     pretrained: str | None = "imagenet"  # "imagenet", a path to trunk weights, or null (random)
     dim: int = 256  # D: length of each sequence element after the FC layer (paper: 256)
@@ -57,6 +61,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    """``data``: the dataset, image size, P x V batches, augmentation and loading."""
+
     dataset: str = "market1501"  # dataset parser, one of DATASETS (data/datasets/registry.py)
     root: str = "data/market1501"  # folder holding the dataset's split folders
     height: int = 256  # input image height in pixels
@@ -81,6 +87,8 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
+    """``loss``: the weights of l = l0 + lambda1 l1 + lambda2 l2 (docs/design.md#losses)."""
+
     margin: float = 0.2  # gamma: batch-hard triplet margin on the matching distance
     lambda1: float = 0.1  # weight of the de-correlation loss l1
     lambda2: float = 0.5  # weight of the random-pooling cross-entropy l2
@@ -89,6 +97,8 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
+    """``optim``: SGD."""
+
     lr: float = 0.01  # SGD base learning rate
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4  # L2 penalty (not stated in the paper; a common re-id choice)
@@ -97,6 +107,8 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
+    """``schedule``: epochs, backbone freezing, lr step (docs/design.md#recipe)."""
+
     epochs: int = 300  # total training epochs
     freeze_backbone_epochs: int = 100  # epochs at the start that train everything but the backbone
     lr_decay_epoch: int = 250  # first epoch at the decayed rate (= epochs: never decay)
@@ -106,6 +118,8 @@ class ScheduleConfig:
 
 @dataclass
 class EvalConfig:
+    """``eval``: when and how the query/gallery split is evaluated (docs/design.md#protocol)."""
+
     every: int = 10  # evaluate every this many epochs (0 = only after the last epoch)
     flip: bool = False  # test-time augmentation: average sequences of the image and its mirror
     max_rank: int = 50  # length of the CMC curve
@@ -141,6 +155,10 @@ class DistributedConfig:
 
 @dataclass
 class DuATMConfig:
+    """A whole run: one section per concern, checked by
+    [`validate_config`][duatm.config.validate_config]; each key's meaning is its comment in the
+    source (docs/guide/configs.md shows them)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -155,6 +173,9 @@ class DuATMConfig:
     amp: bool = True  # mixed precision on CUDA; ignored on other devices
     log_every: int = 20  # training iterations between metric records
     deterministic: bool = False  # deterministic algorithms (slower), for bit-wise reproducibility
+
+
+# --8<-- [end:schema]
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DuATMConfig:

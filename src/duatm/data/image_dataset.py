@@ -28,7 +28,8 @@ class SkippedImage(NamedTuple):
 class ImageDataset(Dataset[dict[str, Any]]):
     """Items ``dict(image=uint8 Tensor[3, H, W], pid=int, camid=int, index=int)`` from image records.
 
-    By default an unreadable file raises :class:`ImageReadError` naming it when it is loaded.
+    By default an unreadable file raises [`ImageReadError`][duatm.data.transforms.ImageReadError]
+    naming it when it is loaded.
     With ``skip_broken=True`` every image is decoded once here, up front, and the unreadable
     ones are left out: ``skipped`` lists them and a warning says how many, and ``records`` /
     ``pids`` describe what remains, so samplers index the filtered list. Checking up front is

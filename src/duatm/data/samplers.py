@@ -151,7 +151,8 @@ class IdentityBatchSampler(Sampler[list[int]]):
         return {"seed": self.seed, "epoch": self.epoch}
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
-        """Restore the seed and epoch saved by :meth:`state_dict`."""
+        """Restore the seed and epoch saved by
+        [`state_dict`][duatm.data.samplers.IdentityBatchSampler.state_dict]."""
         missing = {"seed", "epoch"} - set(state)
         if missing:
             raise KeyError(f"sampler state lacks {sorted(missing)}; got keys {sorted(state)}")

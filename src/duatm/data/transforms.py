@@ -3,8 +3,8 @@
 A pipeline is two stages: ``prepare`` (resize, then a uint8 tensor) is deterministic, so its
 output can be decoded once and cached in memory (``ImageDataset(cache=True)``); ``augment``
 (random flips, crops and erasing) runs on every load. Both stay in uint8: loaders hand over
-bytes, and :func:`normalise` turns a whole batch into the model's float input where the model
-runs. Per image that saves the float conversion on the loader's CPU, and on a GPU it moves a
+bytes, and [`normalise`][duatm.data.transforms.normalise] turns a whole batch into the model's
+float input where the model runs. Per image that saves the float conversion on the loader's CPU, and on a GPU it moves a
 quarter of the bytes from host to device.
 """
 
@@ -23,7 +23,8 @@ from torchvision.transforms import v2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: The mean as a uint8 colour: what random erasing paints, so the erased region is 0 after
-#: :func:`normalise` (up to rounding), as erasing after normalisation would make it.
+#: [`normalise`][duatm.data.transforms.normalise] (up to rounding), as erasing after
+#: normalisation would make it.
 MEAN_COLOR = tuple(round(255 * m) for m in IMAGENET_MEAN)
 
 
@@ -96,9 +97,10 @@ def build_train_transform(
 ) -> PixelPipeline:
     """Training augmentation of the paper (flip, padded random crop), optional random erasing.
 
-    Output: uint8 tensor (3, height, width) (see :func:`normalise`). ``pad`` black pixels on
-    every side before a random ``height x width`` crop (0 disables it); ``random_erasing`` is
-    the probability of painting one random rectangle in the mean colour.
+    Output: uint8 tensor (3, height, width) (see
+    [`normalise`][duatm.data.transforms.normalise]). ``pad`` black pixels on every side before a
+    random ``height x width`` crop (0 disables it); ``random_erasing`` is the probability of
+    painting one random rectangle in the mean colour.
     """
     _check_size(height, width)
     if pad < 0:

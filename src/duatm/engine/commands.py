@@ -33,7 +33,6 @@ from duatm.metrics import NoValidQueryError
 from duatm.metrics.report import format_rank_table
 from duatm.models.backbones import PretrainedWeightsError
 
-# Failures a user can fix from the message alone: printed as one line, no traceback.
 USER_ERRORS = (
     ConfigError,
     CheckpointError,
@@ -44,6 +43,7 @@ USER_ERRORS = (
     FileNotFoundError,
     FileExistsError,
 )
+"""Failures a user can fix from the message alone: printed as one line, no traceback, exit 2."""
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 # Under torchrun: another process failed, was killed or stopped answering.

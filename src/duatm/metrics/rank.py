@@ -27,9 +27,15 @@ count / num_valid in float64; the references return it in float32.
 from __future__ import annotations
 
 import sys
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 import numpy as np
+
+if TYPE_CHECKING:  # only for annotations: this module never imports torch itself
+    import torch
+
+#: What the metric functions accept: numpy arrays (or array-likes) and torch tensors on any device.
+Array: TypeAlias = "np.ndarray | torch.Tensor"
 
 #: Matrix entries per query chunk when ``chunk_size`` is None (~4M: about 70 MB of working memory).
 _CHUNK_ENTRIES = 1 << 22
@@ -40,7 +46,7 @@ class NoValidQueryError(ValueError):
 
 
 class RankResult(NamedTuple):
-    """CMC curve and mAP (DESIGN §4: exactly these two fields)."""
+    """CMC curve and mAP: exactly these two fields (docs/design.md#contracts)."""
 
     cmc: (
         np.ndarray
@@ -49,7 +55,8 @@ class RankResult(NamedTuple):
 
 
 class RankMetrics(NamedTuple):
-    """Everything :func:`rank_metrics` computes; a superset of :class:`RankResult`."""
+    """Everything [`rank_metrics`][duatm.metrics.rank_metrics] computes (a superset of
+    [`RankResult`][duatm.metrics.RankResult])."""
 
     cmc: np.ndarray  # float64, shape (max_rank,)
     mAP: float
@@ -68,20 +75,21 @@ class _PerQuery(NamedTuple):
 
 
 def evaluate_rank(
-    distmat,
-    q_pids,
-    g_pids,
-    q_camids,
-    g_camids,
+    distmat: Array,
+    q_pids: Array,
+    g_pids: Array,
+    q_camids: Array,
+    g_camids: Array,
     max_rank: int = 50,
     *,
     keep_same_camera: bool = False,
-    query_gallery_index=None,
+    query_gallery_index: Array | None = None,
     chunk_size: int | None = None,
 ) -> RankResult:
     """CMC and mAP of a query x gallery distance matrix (Market-1501 protocol).
 
-    The drop-in for the field's ``evaluate_rank``; see :func:`rank_metrics` for the arguments.
+    The drop-in for the field's ``evaluate_rank``; see [`rank_metrics`][duatm.metrics.rank_metrics]
+    for the arguments.
     """
     metrics = rank_metrics(
         distmat,
@@ -98,23 +106,25 @@ def evaluate_rank(
 
 
 def rank_metrics(
-    distmat,
-    q_pids,
-    g_pids,
-    q_camids,
-    g_camids,
+    distmat: Array,
+    q_pids: Array,
+    g_pids: Array,
+    q_camids: Array,
+    g_camids: Array,
     max_rank: int = 50,
     *,
     keep_same_camera: bool = False,
-    query_gallery_index=None,
+    query_gallery_index: Array | None = None,
     chunk_size: int | None = None,
 ) -> RankMetrics:
     """CMC, mAP, mINP and the number of valid queries of a distance matrix.
 
     Args:
         distmat: (Q, G) distances, smaller = more similar; numpy array or torch tensor, no NaN.
-        q_pids, q_camids: (Q,) integer identity and camera of each query.
-        g_pids, g_camids: (G,) integer identity and camera of each gallery item.
+        q_pids: (Q,) integer identity of each query.
+        g_pids: (G,) integer identity of each gallery item.
+        q_camids: (Q,) integer camera of each query.
+        g_camids: (G,) integer camera of each gallery item.
         max_rank: length of the returned CMC curve. When fewer gallery items are left than
             ``max_rank``, the tail repeats the last value (every valid query is hit by then),
             so the length is always ``max_rank``.

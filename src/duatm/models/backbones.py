@@ -1,6 +1,7 @@
 """CNN backbones that turn an image batch into its last feature map (B, C, h, w).
 
-One entry point, :func:`build_backbone`, backed by a small registry. Every backbone keeps
+One entry point, [`build_backbone`][duatm.models.backbones.build_backbone], backed by a small
+registry. Every backbone keeps
 torchvision's own module names, so its ``state_dict`` keys are exactly the feature keys of the
 torchvision classification model it came from; that is what lets a torchvision-format weights
 file (ImageNet or a local path) loads directly; only the legacy DenseNet key names of
@@ -11,7 +12,8 @@ torchvision's published files ("norm.1") are rewritten, as torchvision itself do
 * ``None``: random initialisation (torchvision's own init);
 * ``"imagenet"``: torchvision's published ImageNet-1K file, read from
   ``torch.hub.get_dir()/checkpoints/`` or downloaded there; offline and not cached raises
-  :class:`PretrainedWeightsError` saying which file to put where;
+  [`PretrainedWeightsError`][duatm.models.backbones.PretrainedWeightsError] saying which file to
+  put where;
 * any other string or path: a local torchvision-format state dict (a file literally named
   ``imagenet`` is passed as ``./imagenet``).
 """
@@ -147,6 +149,7 @@ _REGISTRY: dict[str, _BackboneSpec] = {
 }
 
 BACKBONE_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+"""Names [`build_backbone`][duatm.models.backbones.build_backbone] accepts (``model.backbone``)."""
 
 
 def build_backbone(
@@ -155,7 +158,8 @@ def build_backbone(
     """Build backbone ``name`` returning its last feature map (B, C, h, w); see module docstring.
 
     The returned module has ``.out_channels`` (C). Raises ``ValueError`` for an unknown name,
-    ``FileNotFoundError`` for a missing weights file and :class:`PretrainedWeightsError` when
+    ``FileNotFoundError`` for a missing weights file and
+    [`PretrainedWeightsError`][duatm.models.backbones.PretrainedWeightsError] when
     weights cannot be fetched, read, or do not match the architecture.
     """
     spec = _REGISTRY.get(name)

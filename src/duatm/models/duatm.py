@@ -23,17 +23,19 @@ class DuATM(nn.Module):
     (``nn.Linear(dim, num_classes)``, used only by the training cross-entropy on randomly pooled
     sequences; evaluation never touches it).
 
-    The paper trains with the backbone frozen first and then end to end; :meth:`freeze_backbone`
-    and :meth:`unfreeze_backbone` switch between the two, and :meth:`backbone_parameters` /
-    :meth:`head_parameters` give the two optimiser parameter groups.
+    The paper trains with the backbone frozen first and then end to end:
+    [`freeze_backbone`][duatm.models.DuATM.freeze_backbone] and
+    [`unfreeze_backbone`][duatm.models.DuATM.unfreeze_backbone] switch between the two, and
+    [`backbone_parameters`][duatm.models.DuATM.backbone_parameters] /
+    [`head_parameters`][duatm.models.DuATM.head_parameters] give the two optimiser parameter groups.
 
     Args:
-        backbone: a :data:`duatm.models.backbones.BACKBONE_NAMES` name.
+        backbone: one of [`BACKBONE_NAMES`][duatm.models.backbones.BACKBONE_NAMES].
         dim: D, the sequence element size (256 in the paper).
         num_classes: number of training identities (classifier outputs).
-        mode: matcher mode, one of :data:`duatm.models.matching.MATCHER_MODES`.
+        mode: matcher mode, one of [`MATCHER_MODES`][duatm.models.matching.MATCHER_MODES].
         pretrained: backbone weights: ``None``, ``"imagenet"`` or a state-dict path
-            (see :func:`duatm.models.backbones.build_backbone`).
+            (see [`build_backbone`][duatm.models.backbones.build_backbone]).
         drop_last_pool: output stride 16 instead of 32 (twice as many rows and columns).
     """
 
@@ -74,7 +76,8 @@ class DuATM(nn.Module):
         """Sequences for evaluation or indexing, without autograd bookkeeping.
 
         ``flip=True`` averages each image's sequence with its mirror image's (test-time
-        augmentation, see :meth:`ImageSequenceExtractor.mirror_averaged`).
+        augmentation, see
+        [`mirror_averaged`][duatm.models.ImageSequenceExtractor.mirror_averaged]).
 
         This does not switch modes: call ``model.eval()`` first, otherwise BatchNorm uses (and
         updates) batch statistics. The result is an inference tensor (no grad, not usable in

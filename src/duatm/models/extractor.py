@@ -2,8 +2,9 @@
 
 The contract every extractor keeps (the matcher, losses and evaluation rely on it): a ``.backbone``
 CNN (what gets frozen early in training), a ``.dim`` (D), and ``forward`` returning a
-(B, S, D) tensor whose every row x^i is L2-normalised (DESIGN §1). The image extractor is here; a
-video one (frame CNN + bidirectional RNN, S = frames) will sit beside it with the same contract.
+(B, S, D) tensor whose every row x^i is L2-normalised (docs/design.md#sequences). The image
+extractor is here; a video one (frame CNN + bidirectional RNN, S = frames) will sit beside it
+with the same contract.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ class ImageSequenceExtractor(nn.Module):
 
     Args:
         backbone: module mapping (B, 3, H, W) to a feature map (B, C, h, w); it must expose
-            ``.out_channels`` (C), as every :func:`duatm.models.backbones.build_backbone` result does.
+            ``.out_channels`` (C), as every
+            [`duatm.models.backbones.build_backbone`][duatm.models.backbones.build_backbone] result
+            does.
         dim: D, the length of each sequence element.
     """
 

@@ -4,10 +4,11 @@ Two entry points compute the same distance:
 
 * ``forward(xa, xb)`` evaluates aligned pairs literally (it forms the refined and aligned
   vectors). It is the readable reference and what a naive evaluation would run per pair.
-* ``pairwise(xq, xg)`` evaluates every query x gallery pair the way DESIGN §2 prescribes:
+* ``pairwise(xq, xg)`` evaluates every query x gallery pair as docs/design.md#matcher derives:
   the work that depends on one item (filter ``q``, intra-refined ``xbar``, Gram matrix) is done
-  once per item by :meth:`DualAttentionMatcher.prepare`; the pair work is two matrix products
-  per tile and direction, and the aligned vectors are never formed, because with
+  once per item by [`prepare`][duatm.models.matching.DualAttentionMatcher.prepare]; the pair work
+  is two matrix products per tile and direction, and the aligned vectors are never formed
+  (docs/design.md#norm-expansion), because with
   ``P = softmax(q_a X_b^T)``::
 
       ||xbar_a^i - P_i X_b||^2 = ||xbar_a^i||^2 + P_i (G_b P_i^T - 2 X_b xbar_a^i)
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 MATCHER_MODES = ("dual", "intra", "inter", "avgpool")
+"""The matcher variants of the paper's Table 2 (docs/design.md#ablations)."""
 
 # The pairwise softmax runs in base 2 (exp2 is about twice as fast as exp on CPU), so the
 # prepared filter vectors carry this factor: 2^(log2(e) q.x) = e^(q.x).
@@ -100,7 +102,8 @@ def _check_sequences(name: str, x: Tensor, dim: int) -> None:
 
 
 class DualAttentionMatcher(nn.Module):
-    """Learned distance between two feature sequences (DESIGN §1; paper Table 2 ablations).
+    """Learned distance between two feature sequences (docs/design.md#matching; the paper's
+    Table 2 ablations: docs/design.md#ablations).
 
     Args:
         dim: element dimension D.
@@ -206,7 +209,9 @@ class DualAttentionMatcher(nn.Module):
         *,
         max_tile_bytes: int | None = None,
     ) -> Tensor:
-        """``pairwise`` on tensors from :meth:`prepare` (e.g. a cached gallery index)."""
+        """``pairwise`` on tensors from
+        [`prepare`][duatm.models.matching.DualAttentionMatcher.prepare] (e.g. a cached gallery
+        index)."""
         num_q, len_q = query.x.shape[:2]
         num_g, len_g = gallery.x.shape[:2]
         if self.mode == "intra" and len_q != len_g:

@@ -30,7 +30,7 @@ class ScannedSplit(NamedTuple):
 class ImageFolderDataset(ReIDDataset[ImageRecord]):
     """Images sorted into one folder per identity, for data that is not a published benchmark.
 
-    Layout::
+    Layout:
 
         root/train/<identity>/<image files>
         root/query/<identity>/<image files>
@@ -51,7 +51,8 @@ class ImageFolderDataset(ReIDDataset[ImageRecord]):
     * otherwise the file name is searched with ``camera_pattern`` (default ``c(\\d+)``, one
       group); that number is 1-based as in Market-1501 (``c1`` is camid 0).
 
-    A file that gets a camera from neither raises :class:`DatasetFormatError` naming it.
+    A file that gets a camera from neither raises
+    [`DatasetFormatError`][duatm.data.datasets.DatasetFormatError] naming it.
     Image files are ``.jpg``, ``.jpeg``, ``.png``, ``.bmp``; other files, and files or folders
     out of place, are listed in the summary as skipped.
     """

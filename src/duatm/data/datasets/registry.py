@@ -14,7 +14,6 @@ from duatm.data.datasets.market1501 import Market1501
 from duatm.data.datasets.mars import MARS
 from duatm.data.datasets.prid2011 import PRID2011
 
-#: Dataset classes by config name; a new dataset is one more entry here.
 DATASETS: dict[str, type[ReIDDataset[Any]]] = {
     "market1501": Market1501,
     "dukemtmcreid": DukeMTMCreID,
@@ -24,6 +23,7 @@ DATASETS: dict[str, type[ReIDDataset[Any]]] = {
     "ilidsvid": ILIDSVID,
     "prid2011": PRID2011,
 }
+"""Dataset classes by config name (``data.dataset``); a new dataset is one more entry here."""
 
 
 def build_dataset(
