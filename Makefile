@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test lint demo clean
+.PHONY: venv test lint demo docs clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -20,5 +20,11 @@ test: venv
 demo: venv
 	$(BIN)/duatm demo
 
+# The documentation site, built strict (any warning fails) into site/; the docs extra is not a
+# runtime dependency.
+docs: venv
+	$(BIN)/pip install -e ".[docs]"
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

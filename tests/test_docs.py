@@ -1,0 +1,132 @@
+"""Design citations cannot rot: every `docs/design.md#anchor` cited in the code exists.
+
+Code comments, docstrings, configs and the README cite sections of docs/design.md by their
+explicit anchors (`## Tiling {#tiling}`); renaming or deleting a section must fail here, not
+leave readers at a dead link. Also: no citation of design notes outside the repository, and every
+public name (a package's `__all__`) has its entry in docs/api.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DESIGN = ROOT / "docs" / "design.md"
+API = ROOT / "docs" / "api.md"
+# Where citations live (the docs themselves are checked by the strict mkdocs build).
+CITING = ("src", "benchmarks", "README.md")
+SUFFIXES = {".py", ".yaml", ".yml", ".md", ".toml", ".cfg", ".txt"}
+
+CITATION = re.compile(r"docs/design\.md#([A-Za-z0-9_-]+)")
+# "## Heading {#anchor}" or "{: #anchor }" attribute lists.
+EXPLICIT_ANCHOR = re.compile(r"\{:?\s*#([A-Za-z0-9_-]+)[^}]*\}")
+DESIGN_MENTION = re.compile(r"DESIGN(\.md)?\b")
+
+
+def explicit_anchors(markdown: str) -> set[str]:
+    """Anchors declared with attr_list (`{#name}`) in a Markdown text, outside code fences."""
+    anchors: set[str] = set()
+    fenced = False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            anchors.update(EXPLICIT_ANCHOR.findall(line))
+    return anchors
+
+
+def citations(text: str) -> list[str]:
+    return CITATION.findall(text)
+
+
+def citing_files() -> list[Path]:
+    files: list[Path] = []
+    for entry in CITING:
+        path = ROOT / entry
+        if path.is_file():
+            files.append(path)
+        else:
+            files.extend(p for p in sorted(path.rglob("*")) if p.suffix in SUFFIXES)
+    return files
+
+
+def test_anchor_and_citation_parsers() -> None:
+    text = "## Tiling {#tiling}\n```\n## Not {#in-code}\n```\ntext {: #attr-style }\n"
+    assert explicit_anchors(text) == {"tiling", "attr-style"}
+    assert citations("see docs/design.md#norm-expansion, and docs/design.md#x.") == [
+        "norm-expansion",
+        "x",
+    ]
+
+
+def test_design_page_has_the_sections_the_code_builds_on() -> None:
+    anchors = explicit_anchors(DESIGN.read_text(encoding="utf-8"))
+    for anchor in (
+        "model",
+        "matching",
+        "ablations",
+        "losses",
+        "matcher",
+        "norm-expansion",
+        "tiling",
+        "variable-length",
+        "protocol",
+        "protocol-edge-cases",
+        "readings",
+    ):
+        assert anchor in anchors, f"docs/design.md lost the {{#{anchor}}} section"
+
+
+def test_every_cited_design_anchor_exists() -> None:
+    anchors = explicit_anchors(DESIGN.read_text(encoding="utf-8"))
+    broken, cited = [], 0
+    for path in citing_files():
+        found = citations(path.read_text(encoding="utf-8", errors="replace"))
+        cited += len(found)
+        broken += [f"{path.relative_to(ROOT)}: #{a}" for a in sorted(set(found) - anchors)]
+    assert cited > 0, "no docs/design.md#anchor citation found: is the search looking anywhere?"
+    assert not broken, (
+        "cited sections that docs/design.md does not define (give the section an explicit "
+        "{#anchor}):\n" + "\n".join(broken)
+    )
+
+
+def test_no_citation_of_design_notes_outside_the_repository() -> None:
+    outside = []
+    for path in citing_files():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), 1):
+            outside += [
+                f"{path.relative_to(ROOT)}:{number}: {m.group(0)}"
+                for m in DESIGN_MENTION.finditer(line)
+                if not (ROOT / m.group(0)).is_file()
+            ]
+    assert not outside, (
+        "citations of design notes that are not files in the repository (cite "
+        "docs/design.md#anchor instead):\n" + "\n".join(outside)
+    )
+
+
+# Packages whose `__all__` is the public API; each name there must be in the API reference.
+PUBLIC_PACKAGES = (
+    "duatm.models",
+    "duatm.losses",
+    "duatm.metrics",
+    "duatm.data",
+    "duatm.data.datasets",
+)
+
+
+def test_api_reference_lists_every_public_name() -> None:
+    documented = set(re.findall(r"^::: ([\w.]+)", API.read_text(encoding="utf-8"), re.M))
+    short = {name.rsplit(".", 1)[-1] for name in documented}
+    missing = []
+    for package in PUBLIC_PACKAGES:
+        for name in importlib.import_module(package).__all__:
+            if f"{package}.{name}" not in documented and name not in short:
+                missing.append(f"::: {package}.{name}")
+    assert not missing, "add to docs/api.md (the public API must be documented):\n" + "\n".join(
+        missing
+    )
