@@ -184,7 +184,8 @@ class TrainedModel:
 
     # ----------------------------------------------------------------- matching
     def prepare(self, sequences: Tensor) -> PreparedSequences:
-        """The per-item tensors the matcher reuses for every pair (DESIGN §2), on :attr:`device`."""
+        """The per-item tensors the matcher reuses for every pair, on :attr:`device`
+        (docs/design.md#per-item-work)."""
         with torch.inference_mode():
             return self.module.matcher.prepare(self._as_sequences("sequences", sequences))
 
