@@ -9,8 +9,11 @@ public name (a package's `__all__`) has its entry in docs/api.md.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DESIGN = ROOT / "docs" / "design.md"
@@ -133,3 +136,36 @@ def test_api_reference_lists_every_public_name() -> None:
     assert not missing, "add to docs/api.md (the public API must be documented):\n" + "\n".join(
         missing
     )
+
+
+def test_docstring_roles_become_links_code_or_colons() -> None:
+    pytest.importorskip(
+        "griffe"
+    )  # the docs extra; `make docs` runs the same code on every docstring
+    spec = importlib.util.spec_from_file_location(
+        "roles", ROOT / "tools" / "griffe_sphinx_roles.py"
+    )
+    assert spec is not None and spec.loader is not None
+    roles = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(roles)
+    seen = []
+
+    def link_for(target: str, display: str) -> str:
+        seen.append(target)
+        return f"<{display}|{target}>"
+
+    text = (
+        "See :func:`load`, :class:`~duatm.config.ConfigError` and\n"
+        ":meth:`pairwise\n    <duatm.models.matching.DualAttentionMatcher.pairwise>`. Example::\n"
+        "\n    code\n"
+    )
+    assert roles.convert(text, link_for) == (
+        "See <load|load>, <ConfigError|duatm.config.ConfigError> and\n"
+        "<pairwise|duatm.models.matching.DualAttentionMatcher.pairwise>. Example:\n\n    code\n"
+    )
+    assert seen == [
+        "duatm.models.matching.DualAttentionMatcher.pairwise",
+        "load",
+        "duatm.config.ConfigError",
+    ]
+    assert roles.rendered_identifiers(ROOT / "docs") >= {"duatm.load", "duatm.models.DuATM"}
