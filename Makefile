@@ -13,8 +13,8 @@ venv: $(BIN)/activate
 	$(BIN)/pip install -e ".[dev]"
 
 test: venv
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 	$(BIN)/pytest
 
 demo: venv
