@@ -23,13 +23,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from duatm.config import DuATMConfig, config_from_dict
 from duatm.data.transforms import PixelPipeline, build_test_transform, read_image
 from duatm.engine.builders import build_model, resolve_device
 from duatm.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from duatm.engine.evaluator import extract_batch
+from duatm.engine.progress import Progress
 from duatm.models.duatm import DuATM
 from duatm.models.matching import PreparedSequences
 
@@ -174,7 +174,7 @@ class TrainedModel:
             num_workers=num_workers,
         )
         chunks = []
-        with tqdm(total=len(items), desc="extract", unit="img", disable=not progress) as bar:
+        with Progress(total=len(items), desc="extract", unit="img", enabled=progress) as bar:
             for batch in loader:
                 chunks.append(
                     extract_batch(self.module, batch, self.device, flip=flip, amp=self.amp)

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
 
 from duatm.atomic import atomic_write_text
 from duatm.data.transforms import normalise
 from duatm.engine.blockwise import blockwise_rank_metrics
 from duatm.engine.builders import autocast_for
 from duatm.engine.distributed import SINGLE, DistContext, all_gather_cat
+from duatm.engine.progress import Progress
 from duatm.metrics import RankMetrics, rank_metrics
 from duatm.metrics.report import rank_metrics_to_dict
 from duatm.models.duatm import DuATM
@@ -55,7 +55,7 @@ def extract(
     model.eval()
     chunks, pids, camids = [], [], []
     total = len(loader.dataset)  # type: ignore[arg-type]
-    with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+    with Progress(total=total, desc=desc, unit="img", enabled=progress) as bar:
         for batch in loader:
             chunks.append(extract_batch(model, batch["image"], device, flip=flip, amp=amp))
             pids.append(batch["pid"])

@@ -26,13 +26,13 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from duatm import __version__
 from duatm.api import TrainedModel
 from duatm.atomic import atomic_open
 from duatm.data.records import ImageRecord
 from duatm.engine.checkpoint import CheckpointError, check_plain, load_checkpoint
+from duatm.engine.progress import Progress
 from duatm.models.matching import PreparedSequences
 
 INDEX_FORMAT = "duatm-gallery-index"
@@ -133,7 +133,7 @@ def build_index(
     """Extract and prepare every record's image with ``model``, in ``dtype`` storage; images
     are extracted a chunk at a time, so memory holds one chunk in float32 and the index."""
     flip = model.config.eval.flip if flip is None else flip
-    bar = tqdm(total=len(records), desc="index", unit="img", disable=not progress)
+    bar = Progress(total=len(records), desc="index", unit="img", enabled=progress)
 
     def chunks() -> Iterator[Tensor]:
         for start in range(0, len(records), _BUILD_CHUNK):
