@@ -65,6 +65,7 @@ from duatm.engine.hooks import (
     WallClock,
 )
 from duatm.engine.metrics_log import MetricsLogger
+from duatm.engine.progress import Progress
 from duatm.engine.seed import seed_epoch, seed_everything
 from duatm.losses import DuATMLoss, LossOutput
 from duatm.metrics import RankMetrics
@@ -206,7 +207,7 @@ class Trainer:
         self.iteration = 0  # within the current epoch, for messages
         self.seconds = 0.0  # wall time spent in training and evaluation, over all sessions
         self.logger: MetricsLogger | None = None  # open during `fit`, on the main process
-        self.progress_bar: tqdm | None = None  # the current epoch's bar
+        self.progress_bar: Progress[Any] | None = None  # the current epoch's bar
         self.evaluation = Evaluation(
             self._evaluate_test, every=cfg.eval.every, last_epoch=cfg.schedule.epochs
         )
@@ -330,13 +331,14 @@ class Trainer:
         generator.manual_seed(torch_seed)
         self._call("before_epoch")
         self.model.train()
-        self.progress_bar = tqdm(
+        # A live bar on a terminal only; logs get the epoch line the logging hook prints.
+        self.progress_bar = Progress(
             self.train_loader,
             total=self.iterations_per_epoch,
             desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}",
             unit="it",
-            disable=not (self.progress and self.is_main),
-            leave=False,
+            enabled=self.progress and self.is_main,
+            summary=False,
         )
         try:
             for iteration, batch in enumerate(self.progress_bar):
