@@ -21,10 +21,10 @@ demo: venv
 	$(BIN)/duatm demo
 
 # The documentation site, built strict (any warning fails) into site/; the docs extra is not a
-# runtime dependency.
-docs: venv
+# runtime dependency. NO_MKDOCS_2_WARNING silences mkdocs-material's banner about MkDocs 2.0.
+docs: $(BIN)/activate
 	$(BIN)/pip install -e ".[docs]"
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache site
