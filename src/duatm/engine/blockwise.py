@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from duatm.engine.distributed import DistContext, all_gather_cat, all_reduce_sum
+from duatm.engine.progress import Progress
 from duatm.metrics import RankMetrics
 from duatm.metrics.rank import count_ahead, rank_metrics_from_positions
 from duatm.models.matching import DualAttentionMatcher
@@ -134,7 +134,9 @@ def blockwise_rank_metrics(
     try:
         match_q, match_g, match_v = [], [], []
         starts = range(0, len(gallery), width)
-        for start in tqdm(starts, desc="match", unit="block", disable=not progress, leave=False):
+        for start in Progress(
+            starts, total=len(starts), desc="match", unit="block", enabled=progress
+        ):
             part = gallery[start : start + width]
             block = matcher.pairwise_prepared(
                 prepared_query, matcher.prepare(part), max_tile_bytes=tile_mb << 20
