@@ -116,7 +116,7 @@ def pooled_vectors(prepared: PreparedSequences) -> Tensor:
     sequence of Eq. 3, or the sequence itself where a mode has no refinement). The first stage
     ranks gallery items by the Euclidean distance of these vectors, which on a trained model's
     sequences ranks the DuATM top-10 among the first 100 of 10,000 items
-    (benchmarks/search.py; docs/guide/search.md#two-stage)."""
+    (docs/design.md#search-first-stage, benchmarks/search.py)."""
     elements = prepared.x if prepared.reference is None else prepared.reference
     return elements.float().mean(1)
 
