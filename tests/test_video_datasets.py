@@ -261,6 +261,10 @@ def rewrite_tracks(mars: Path, edit) -> None:
             lambda t: t.__setitem__((3, 2), -3),
             r"row 4: pid -3, expected -1 \(junk\) or >= 0",
         ),
+        (
+            lambda t: t.__setitem__((3, 0), 12),
+            r"tracks_test_info\.mat row 4: frames 12\.\.10: start after end",
+        ),
     ],
 )
 def test_mars_bad_track_rows_are_named(mars: Path, edit, message: str) -> None:
@@ -287,6 +291,7 @@ def test_mars_frame_listed_but_absent_is_named(mars: Path) -> None:
         ({"query_IDX": np.asarray([[4.5]])}, r"must hold integers, found 4\.5"),
         ({"query_IDX": np.ones((2, 2))}, r"must be a vector, got shape \(2, 2\)"),
         ({"queries": np.asarray([[4]])}, r"variable 'query_IDX' not found \(variables there: "),
+        ({"query_IDX": np.asarray([[1, 2]])}, r"no query tracklets \(every query track is junk"),
     ],
 )
 def test_mars_bad_query_index_is_named(mars: Path, contents: dict, message: str) -> None:

@@ -73,6 +73,16 @@ class MARS(VideoReIDDataset):
         train, train_junk = self.tracklets(train_split, range(len(train_tracks)))
         query, query_junk = self.tracklets(test_split, query_rows)
         gallery, gallery_junk = self.tracklets(test_split, gallery_rows)
+        for subset, records, source in (
+            ("train", train, train_mat),
+            ("query", query, query_mat),
+            ("gallery", gallery, test_mat),
+        ):
+            if not records:
+                raise DatasetFormatError(
+                    f"{source}: no {subset} tracklets (every {subset} track is junk, or there "
+                    "are none)"
+                )
         notes = []
         if train_junk + query_junk + gallery_junk:
             notes.append(
@@ -89,6 +99,8 @@ class MARS(VideoReIDDataset):
         for row in rows:
             start, end, pid, camera = (int(v) for v in split.tracks[row])
             where = f"{split.mat} row {row + 1}"
+            if start > end:
+                raise DatasetFormatError(f"{where}: frames {start}..{end}: start after end")
             if not 1 <= start <= end <= len(split.names):
                 raise DatasetFormatError(
                     f"{where}: frames {start}..{end} out of range 1..{len(split.names)} "
