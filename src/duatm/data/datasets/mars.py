@@ -131,9 +131,9 @@ class MARS(VideoReIDDataset):
                         f"frame listed in {split.names_path} line {line} but absent: "
                         f"{os.path.join(folder, name)}"
                     )
-            records.append(
-                TrackletRecord(tuple(os.path.join(folder, n) for n in names), pid, camera - 1)
-            )
+            # One join per tracklet, not per frame: MARS lists 1.2 million frames.
+            head = os.path.join(folder, "")
+            records.append(TrackletRecord(tuple(head + n for n in names), pid, camera - 1))
         return records, junk
 
     def listing(self, folder: str) -> frozenset[str]:
