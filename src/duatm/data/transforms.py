@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2
@@ -33,14 +34,57 @@ class ImageReadError(OSError):
 
 
 def read_image(path: str | Path) -> Image.Image:
-    """Decode an image fully into RGB, so a broken file fails here, naming itself."""
+    """Decode an image fully into 8-bit RGB (see :func:`to_rgb`), so a broken file fails here,
+    naming itself."""
     try:
         with Image.open(path) as img:
             # Image.open only reads the header; load() decodes every byte and raises on truncation.
             img.load()
-            return img.convert("RGB")
+            return to_rgb(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+
+
+#: Single-channel modes whose values are not 0..255 (16-bit, 32-bit integer, float) and the
+#: factor that maps their range onto 0..255. PIL's own convert("RGB") clips them instead, so a
+#: 16-bit PNG (mode I;16) became an all-white image.
+_HIGH_DEPTH_SCALE = {
+    "I;16": 255 / 65535,
+    "I;16L": 255 / 65535,
+    "I;16B": 255 / 65535,
+    "I;16N": 255 / 65535,
+    "I": 255 / 65535,  # 32-bit integers: how older Pillow opens 16-bit PNGs; read as 16-bit
+    "F": 255.0,  # floating point: read as intensities in [0, 1]
+}
+
+
+#: Modes with an alpha channel (``a``: premultiplied).
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An image of any PIL mode as 8-bit RGB, with every mode's values read correctly.
+
+    * high bit depth (``I;16*``, ``I``, ``F``): scaled to 8 bits (16-bit range for integers,
+      [0, 1] for floats; values outside are clipped), then grey to RGB;
+    * transparency (``RGBA``, ``LA``, ``PA``, ``RGBa``, a palette with a transparent colour):
+      composited onto black, the colour the training crop pads with, so what is transparent
+      reads the same whatever colour the file stores under it;
+    * everything else (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ...): PIL's conversion.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    scale = _HIGH_DEPTH_SCALE.get(mode)
+    if scale is not None:
+        values = np.asarray(image, dtype=np.float64) * scale
+        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def _check_size(height: int, width: int) -> None:

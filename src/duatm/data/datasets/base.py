@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar, Generic
+from typing import ClassVar, Generic, NamedTuple
 
 from duatm.data.records import RecordT, count_cams, count_pids, relabel_pids
 
@@ -33,13 +35,61 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def list_folder(folder: Path) -> tuple[list[str], list[str]]:
-    """Sorted names of the files and of the sub-folders in ``folder``, for a deterministic order."""
+class FolderListing(NamedTuple):
+    """What one folder holds, each list sorted by name (for a deterministic order).
+
+    ``files`` and ``folders`` follow symbolic links. ``unusable`` are entries that are neither a
+    regular file nor a folder once links are followed (FIFOs, sockets, devices, dangling or
+    looping links): opening a FIFO named ``x.jpg`` would block forever, so no reader may see
+    them; each is listed as ``name (what it is)`` so a summary can say why it was left out.
+    """
+
+    files: list[str]
+    folders: list[str]
+    unusable: list[str]
+
+
+def list_folder(folder: Path) -> FolderListing:
+    """Sorted names of the regular files, the sub-folders and the unusable entries of ``folder``.
+
+    Raises OSError (naming ``folder``) when the folder itself cannot be read.
+    """
+    files, folders, unusable = [], [], []
     with os.scandir(folder) as entries:
-        entries = list(entries)
-    files = sorted(e.name for e in entries if not e.is_dir())
-    folders = sorted(e.name for e in entries if e.is_dir())
-    return files, folders
+        for entry in entries:
+            kind = _entry_kind(entry)
+            if kind == "file":
+                files.append(entry.name)
+            elif kind == "folder":
+                folders.append(entry.name)
+            else:
+                unusable.append(f"{entry.name} ({kind})")
+    return FolderListing(sorted(files), sorted(folders), sorted(unusable))
+
+
+def _entry_kind(entry: os.DirEntry[str]) -> str:
+    """ "file", "folder", or what makes the entry unusable, following symbolic links."""
+    try:
+        info = entry.stat(follow_symlinks=True)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if err.errno == errno.ENOENT and entry.is_symlink():
+            return "dangling symbolic link"
+        return f"unreadable: {err.strerror}"
+    if stat.S_ISREG(info.st_mode):
+        return "file"
+    if stat.S_ISDIR(info.st_mode):
+        return "folder"
+    return _SPECIAL_KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+
+
+_SPECIAL_KINDS = {
+    stat.S_IFIFO: "FIFO, not a regular file",
+    stat.S_IFSOCK: "socket, not a regular file",
+    stat.S_IFCHR: "character device, not a regular file",
+    stat.S_IFBLK: "block device, not a regular file",
+}
 
 
 class ReIDDataset(Generic[RecordT]):
@@ -55,6 +105,10 @@ class ReIDDataset(Generic[RecordT]):
     unit: ClassVar[str] = "images"
     #: How many standard train/test splits the dataset defines (``data.split`` picks one).
     num_splits: ClassVar[int] = 1
+    #: Query/gallery identities that are not one person (Market-1501's pid 0: detections of
+    #: strangers). They stay in the gallery as false candidates; a query with one of them has
+    #: no true match to find, so the protocol skips it (``rank_metrics(distractor_pids=...)``).
+    distractor_pids: ClassVar[frozenset[int]] = frozenset()
 
     def __init__(
         self,
@@ -63,6 +117,7 @@ class ReIDDataset(Generic[RecordT]):
         gallery: Sequence[RecordT],
         *,
         skipped: Mapping[str, Sequence[str]] | None = None,
+        unusable: Mapping[str, Sequence[str]] | None = None,
         notes: Sequence[str] = (),
         verbose: bool = True,
     ) -> None:
@@ -73,6 +128,11 @@ class ReIDDataset(Generic[RecordT]):
         #: keyed by the folder they were found in (relative to the dataset root).
         self.skipped: dict[str, tuple[str, ...]] = {
             folder: tuple(names) for folder, names in (skipped or {}).items() if names
+        }
+        #: Entries that are not regular files or folders (FIFOs, looping links, ...; see
+        #: :class:`FolderListing`), by folder, each as ``name (what it is)``; never opened.
+        self.unusable: dict[str, tuple[str, ...]] = {
+            folder: tuple(names) for folder, names in (unusable or {}).items() if names
         }
         self.notes: tuple[str, ...] = tuple(notes)
         if verbose:
@@ -114,15 +174,20 @@ class ReIDDataset(Generic[RecordT]):
         out = [f"{self.name} dataset", line(header), "-+-".join("-" * w for w in widths)]
         out += [line(row) for row in rows]
         for folder, names in self.skipped.items():
-            listed = ", ".join(names[:MAX_LISTED_NAMES])
-            more = (
-                f", ... ({len(names) - MAX_LISTED_NAMES} more)"
-                if len(names) > MAX_LISTED_NAMES
-                else ""
-            )
             out.append(
                 f"skipped {len(names)} file(s) in {folder} not matching the naming scheme: "
-                f"{listed}{more}"
+                f"{_first_names(names)}"
+            )
+        for folder, names in self.unusable.items():
+            out.append(
+                f"skipped {len(names)} entr{'y' if len(names) == 1 else 'ies'} in {folder} "
+                f"that are not regular files or folders: {_first_names(names)}"
             )
         out += self.notes
         return "\n".join(out)
+
+
+def _first_names(names: Sequence[str]) -> str:
+    """The first MAX_LISTED_NAMES names, then how many more."""
+    more = len(names) - MAX_LISTED_NAMES
+    return ", ".join(names[:MAX_LISTED_NAMES]) + (f", ... ({more} more)" if more > 0 else "")

@@ -31,6 +31,7 @@ class ParsedFolder(NamedTuple):
 
     records: list[ImageRecord]
     skipped: list[str]
+    unusable: list[str]
     junk: int
     distractors: int
 
@@ -49,6 +50,7 @@ class BoundingBoxDataset(ReIDDataset[ImageRecord]):
         "query": "query",
         "gallery": "bounding_box_test",
     }
+    distractor_pids: ClassVar[frozenset[int]] = frozenset({DISTRACTOR_PID})
     official_dir: ClassVar[str]
     archive: ClassVar[str]
     num_cameras: ClassVar[int]
@@ -72,6 +74,7 @@ class BoundingBoxDataset(ReIDDataset[ImageRecord]):
             parsed["query"].records,
             parsed["gallery"].records,
             skipped={f"{self.splits[s]}/": p.skipped for s, p in parsed.items()},
+            unusable={f"{self.splits[s]}/": p.unusable for s, p in parsed.items()},
             notes=notes,
             verbose=verbose,
         )
@@ -101,7 +104,7 @@ class BoundingBoxDataset(ReIDDataset[ImageRecord]):
     def parse_folder(self, subset: str) -> ParsedFolder:
         """Records of one split folder in sorted file-name order, validated against the ranges."""
         folder = self.root / self.splits[subset]
-        names, subfolders = list_folder(folder)
+        names, subfolders, unusable = list_folder(folder)
         records: list[ImageRecord] = []
         skipped = [f"{sub}/" for sub in subfolders]
         junk = distractors = 0
@@ -122,9 +125,10 @@ class BoundingBoxDataset(ReIDDataset[ImageRecord]):
         if not records:
             raise DatasetFormatError(
                 f"{self.name}: no usable images in {folder} ({len(names)} file(s) there, "
-                f"{len(skipped)} not matching the naming scheme, {junk} junk)"
+                f"{len(skipped)} not matching the naming scheme, {junk} junk, "
+                f"{len(unusable)} not regular files)"
             )
-        return ParsedFolder(records, skipped, junk, distractors)
+        return ParsedFolder(records, skipped, unusable, junk, distractors)
 
     def check_range(self, path: Path, field: str, value: int, low: int, high: int) -> None:
         """Reject a value read from a file name that this dataset cannot contain."""

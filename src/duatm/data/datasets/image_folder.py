@@ -21,10 +21,12 @@ DEFAULT_CAMERAS_CSV = "cameras.csv"
 
 
 class ScannedSplit(NamedTuple):
-    """What one split folder holds: (identity name, image path) pairs and skipped entries."""
+    """What one split folder holds: (identity name, image path) pairs, skipped entries and
+    entries that are not regular files or folders (see ``FolderListing``)."""
 
     images: list[tuple[str, Path]]
     skipped: list[str]
+    unusable: list[str]
 
 
 class ImageFolderDataset(ReIDDataset[ImageRecord]):
@@ -93,6 +95,10 @@ class ImageFolderDataset(ReIDDataset[ImageRecord]):
                 f"{split}/": found.skipped
                 for split, found in zip(SPLITS, (train, query, gallery), strict=True)
             },
+            unusable={
+                f"{split}/": found.unusable
+                for split, found in zip(SPLITS, (train, query, gallery), strict=True)
+            },
             verbose=verbose,
         )
 
@@ -119,8 +125,21 @@ class ImageFolderDataset(ReIDDataset[ImageRecord]):
             path = self.root / cameras_csv
             if not path.is_file():
                 raise DatasetLayoutError(f"camera table not found: {path}")
+        try:
+            return self._parse_cameras_csv(path)
+        except UnicodeDecodeError as err:
+            raise DatasetFormatError(
+                f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                f"{err.start}); save the camera table as UTF-8 CSV"
+            ) from err
+        except csv.Error as err:
+            raise DatasetFormatError(f"{path}: not a valid CSV file ({err})") from err
+
+    @staticmethod
+    def _parse_cameras_csv(path: Path) -> dict[str, int]:
         cameras: dict[str, int] = {}
-        with path.open(newline="", encoding="utf-8") as handle:
+        # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column name.
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             if reader.fieldnames is None or not {"path", "camid"} <= set(reader.fieldnames):
                 raise DatasetFormatError(
@@ -130,7 +149,7 @@ class ImageFolderDataset(ReIDDataset[ImageRecord]):
                 where = f"{path} line {reader.line_num}"
                 key = normalise_relpath(row["path"] or "")
                 camid = (row["camid"] or "").strip()
-                if not camid.isdigit():
+                if not (camid.isascii() and camid.isdigit()):
                     raise DatasetFormatError(
                         f"{where}: camid must be a non-negative integer, got {camid!r}"
                     )
@@ -142,12 +161,13 @@ class ImageFolderDataset(ReIDDataset[ImageRecord]):
     def scan_split(self, split: str) -> ScannedSplit:
         """Images of one split in sorted (identity, file name) order, and skipped entries."""
         folder = self.root / split
-        stray_files, identities = list_folder(folder)
+        stray_files, identities, unusable = list_folder(folder)
         images: list[tuple[str, Path]] = []
         skipped = list(stray_files)
         for ident in identities:
-            files, subfolders = list_folder(folder / ident)
+            files, subfolders, odd = list_folder(folder / ident)
             skipped += [f"{ident}/{sub}/" for sub in subfolders]
+            unusable += [f"{ident}/{name}" for name in odd]
             for name in files:
                 if is_image_name(name):
                     images.append((ident, folder / ident / name))
@@ -157,7 +177,7 @@ class ImageFolderDataset(ReIDDataset[ImageRecord]):
             raise DatasetFormatError(
                 f"imagefolder: no images in {folder} (expected {split}/<identity>/<images>)"
             )
-        return ScannedSplit(images, skipped)
+        return ScannedSplit(images, skipped, unusable)
 
     def make_record(self, path: Path, pid: int) -> ImageRecord:
         """The record of one image, with its camera from the table or from its name."""
