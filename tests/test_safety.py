@@ -15,7 +15,19 @@ from PIL import Image
 
 from duatm.data.datasets import ImageFolderDataset, Market1501
 from duatm.data.datasets.base import list_folder
+from duatm.data.records import ImageRecord
 from duatm.data.transforms import read_image
+from duatm.engine.evaluator import byte_identical_copies, find_own_images
+from duatm.metrics import (
+    NoValidQueryError,
+    SkippedQueries,
+    check_valid_queries,
+    count_valid_queries,
+    format_rank_report,
+    protocol_notes,
+    rank_metrics,
+    rank_metrics_to_dict,
+)
 
 
 def write_image(path: Path, color: tuple[int, int, int] = (200, 100, 50)) -> None:
@@ -164,3 +176,168 @@ def test_case9_sixteen_bit_png_is_not_white(tmp_path: Path) -> None:
     path = tmp_path / "dark.png"
     Image.fromarray(np.full((8, 4), 1000, np.uint16)).save(path)  # dark: 1000 of 65535
     assert np.asarray(read_image(path)).max() == 4  # 1000 / 257 rounds to 4, not 255
+
+
+# -- case 10: distractor queries are not valid queries ------------------------------------------
+
+
+def test_case10_distractor_queries_are_skipped_and_counted() -> None:
+    # Query 0 shows a distractor (pid 0); the gallery holds two more distractors, which are not
+    # that query's "matches". Query 1 has one true match (gallery 2).
+    dist = np.array([[0.1, 0.2, 0.9, 0.5], [0.3, 0.4, 0.1, 0.8]])
+    labels = ([0, 5], [0, 0, 5, 7], [0, 0], [1, 1, 1, 1])
+    assert rank_metrics(dist, *labels, max_rank=4).num_valid_queries == 2  # what main did
+    fixed = rank_metrics(dist, *labels, max_rank=4, distractor_pids={0})
+    alone = rank_metrics(dist[1:], [5], labels[1], [0], labels[3], max_rank=4)
+    assert fixed.num_valid_queries == 1
+    assert fixed.skipped == SkippedQueries(distractor=1)
+    np.testing.assert_array_equal(fixed.cmc, alone.cmc)
+    assert fixed.mAP == alone.mAP and fixed.mINP == alone.mINP
+    assert protocol_notes(fixed) == [
+        "skipped 1 of 2 queries: 1 whose identity is a distractor (not one person)"
+    ]
+    # In an image folder, pid 0 is a person like any other: no distractor set, nothing skipped.
+    assert ImageFolderDataset.distractor_pids == frozenset()
+    assert Market1501.distractor_pids == frozenset({0})
+
+
+def test_case10_only_distractor_queries_is_a_no_valid_query_error() -> None:
+    with pytest.raises(NoValidQueryError, match="1 of them: the query's identity is a distractor"):
+        rank_metrics(np.ones((1, 2)), [0], [0, 3], [0], [1, 1], distractor_pids={0})
+
+
+# -- case 11: byte-identical copies of a query in the gallery are the query itself --------------
+
+
+def test_case11_copies_of_query_images_are_removed_like_the_query_itself(tmp_path: Path) -> None:
+    for rel, colour in [
+        ("train/a/c1_1.jpg", (1, 2, 3)),
+        ("train/a/c1_2.jpg", (4, 5, 6)),
+        ("query/p1/c1_q.jpg", (200, 10, 10)),
+        ("query/p2/c1_q.jpg", (10, 200, 10)),
+        ("gallery/p1/c1_g.jpg", (190, 20, 20)),
+        ("gallery/p2/c1_g.jpg", (20, 190, 20)),
+    ]:
+        write_image(tmp_path / rel, colour)
+    # The user copied both query images into the gallery under other names.
+    (tmp_path / "gallery/p1/c1_copy.jpg").write_bytes((tmp_path / "query/p1/c1_q.jpg").read_bytes())
+    (tmp_path / "gallery/p2/c1_copy.jpg").write_bytes((tmp_path / "query/p2/c1_q.jpg").read_bytes())
+    ds = ImageFolderDataset(tmp_path, verbose=False)
+    own = find_own_images(ds.query, ds.gallery)
+    gallery_names = [os.path.relpath(r.path, tmp_path) for r in ds.gallery]
+    assert [[gallery_names[g] for g in row if g >= 0] for row in own.table] == [
+        ["gallery/p1/c1_copy.jpg"],
+        ["gallery/p2/c1_copy.jpg"],
+    ]
+    assert (own.copies, own.mislabelled) == (2, 0)
+    # Distances where each query's copy is at 0 and its real match second: with the copies
+    # counted as matches (main), R1 is 100; with them removed, the real matches decide.
+    assert gallery_names == [
+        "gallery/p1/c1_copy.jpg",
+        "gallery/p1/c1_g.jpg",
+        "gallery/p2/c1_copy.jpg",
+        "gallery/p2/c1_g.jpg",
+    ]
+    dist = np.array([[0.0, 0.5, 0.2, 0.9], [0.1, 0.9, 0.0, 0.4]])
+    labels = (
+        [r.pid for r in ds.query],
+        [r.pid for r in ds.gallery],
+        [r.camid for r in ds.query],
+        [r.camid for r in ds.gallery],
+    )
+    naive = rank_metrics(dist, *labels, max_rank=4, keep_same_camera=True)
+    fixed = rank_metrics(
+        dist, *labels, max_rank=4, keep_same_camera=True, query_gallery_index=own.table
+    )
+    assert naive.cmc[0] == 1.0
+    # Query p1: its real match (0.5) comes after p2's copy (0.2): rank 2 once its copy is gone.
+    # Query p2: its real match (0.4) comes after p1's copy (0.1): rank 2 as well.
+    np.testing.assert_array_equal(fixed.cmc, [0.0, 1.0, 1.0, 1.0])
+    assert fixed.own_images_removed == 2
+    assert protocol_notes(fixed)[-1].startswith("removed 2 gallery image(s) that are a query")
+
+
+def test_case11_copy_under_another_identity_stays_and_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for rel, colour in [("q/a.jpg", (9, 9, 9)), ("g/b.jpg", (50, 50, 50))]:
+        write_image(tmp_path / rel, colour)
+    (tmp_path / "g/copy.jpg").write_bytes((tmp_path / "q/a.jpg").read_bytes())
+    query = [ImageRecord(str(tmp_path / "q/a.jpg"), 1, 0)]
+    gallery = [
+        ImageRecord(str(tmp_path / "g/b.jpg"), 1, 1),
+        ImageRecord(str(tmp_path / "g/copy.jpg"), 2, 0),
+    ]
+    own = find_own_images(query, gallery)
+    assert own == (None, 0, 1)
+    assert "1 gallery image(s) are byte-identical to a query image but labelled" in caplog.text
+
+
+def test_case11_only_files_of_a_shared_size_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = {"q1": 10, "q2": 20, "g1": 10, "g2": 30, "g3": 10}
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(name.encode().ljust(size, b"."))
+    (tmp_path / "g3").write_bytes((tmp_path / "q1").read_bytes())
+    opened: list[str] = []
+    real_open = open
+
+    def spying_open(path: str, *args: object, **kwargs: object) -> object:
+        opened.append(Path(path).name)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", spying_open)
+    found = byte_identical_copies(
+        [str(tmp_path / n) for n in ("q1", "q2")], [str(tmp_path / n) for n in ("g1", "g2", "g3")]
+    )
+    assert found == [[2], []]
+    assert sorted(opened) == ["g1", "g3", "q1"]  # q2 and g2 have sizes nobody else has
+
+
+# -- case 13 (and 10, 11): what the protocol skipped is said, and agrees with a label-only count --
+
+
+def test_case13_label_only_count_agrees_with_rank_metrics() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        num_q, num_g = rng.integers(1, 8), rng.integers(1, 12)
+        q_pids, g_pids = rng.integers(0, 4, num_q), rng.integers(0, 4, num_g)
+        q_cams, g_cams = rng.integers(0, 2, num_q), rng.integers(0, 2, num_g)
+        keep = bool(trial % 2)
+        # Some queries' own images: gallery items of the query's pid, up to 2 per query.
+        table = np.full((num_q, 2), -1)
+        for q in range(num_q):
+            same = np.flatnonzero(g_pids == q_pids[q])
+            picked = rng.choice(same, size=min(len(same), rng.integers(0, 3)), replace=False)
+            table[q, : len(picked)] = picked
+        kwargs = {
+            "keep_same_camera": keep,
+            "query_gallery_index": table if trial % 3 else None,
+            "distractor_pids": {0} if trial % 5 else None,
+        }
+        labels = (q_pids, g_pids, q_cams, g_cams)
+        counted = count_valid_queries(*labels, **kwargs)
+        try:
+            metrics = rank_metrics(rng.random((num_q, num_g)), *labels, max_rank=3, **kwargs)
+        except NoValidQueryError:
+            assert counted[0] == 0
+            with pytest.raises(NoValidQueryError):
+                check_valid_queries(*labels, **kwargs)
+            continue
+        assert counted == (metrics.num_valid_queries, metrics.skipped)
+        assert metrics.num_valid_queries + metrics.skipped.total == num_q
+
+
+def test_case13_dropped_queries_are_reported_with_their_reason() -> None:
+    dist = np.array([[0.1, 0.2], [0.2, 0.1], [0.3, 0.3]])
+    # Query 1's identity (8) is absent; query 2's only match is under its own camera.
+    metrics = rank_metrics(dist, [5, 8, 6], [5, 6], [0, 0, 1], [1, 1], max_rank=2)
+    assert metrics.skipped == SkippedQueries(absent=1, no_match_left=1)
+    report = format_rank_report(metrics).splitlines()
+    assert report[2] == (
+        "skipped 2 of 3 queries: 1 whose identity is not in the gallery; 1 whose every true "
+        "match is under the query's own camera or is the query image"
+    )
+    record = rank_metrics_to_dict(metrics)
+    assert (record["skipped_absent"], record["skipped_no_match_left"]) == (1, 1)

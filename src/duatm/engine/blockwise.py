@@ -19,7 +19,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +108,7 @@ def blockwise_rank_metrics(
     max_rank: int = 50,
     keep_same_camera: bool = False,
     query_gallery_index: np.ndarray | None = None,
+    distractor_pids: Collection[int] | None = None,
     tile_mb: int = 256,
     block_bytes: int = 512 << 20,
     stream_to: str | Path | None = None,
@@ -178,6 +179,7 @@ def blockwise_rank_metrics(
         max_rank,
         keep_same_camera=keep_same_camera,
         query_gallery_index=query_gallery_index,
+        distractor_pids=distractor_pids,
     )
     return metrics, {
         "match_s": matched_time - start_time,

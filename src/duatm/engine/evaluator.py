@@ -9,9 +9,14 @@ the same steps. Three stages, each replaceable: extraction (`extract`), distance
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import stat
 import time
+from collections import defaultdict
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,11 +31,14 @@ from duatm.engine.blockwise import blockwise_rank_metrics
 from duatm.engine.builders import autocast_for
 from duatm.engine.distributed import SINGLE, DistContext, all_gather_cat
 from duatm.engine.progress import Progress
-from duatm.metrics import RankMetrics, rank_metrics
+from duatm.metrics import RankMetrics, check_valid_queries, rank_metrics
 from duatm.metrics.report import rank_metrics_to_dict
 from duatm.models.duatm import DuATM
 
 RESULTS_JSON = "results.json"
+_LOG = logging.getLogger(__name__)
+#: How many example pairs a warning about mislabelled copies names.
+_SHOW = 3
 
 
 class ExtractedSequences(NamedTuple):
@@ -100,6 +108,8 @@ def evaluate(
     tile_mb: int = 256,
     max_rank: int = 50,
     keep_same_camera: bool = False,
+    distractor_pids: Collection[int] = (),
+    own_images: OwnImages | None = None,
     progress: bool = True,
     dist: DistContext = SINGLE,
     stream_to: str | Path | None = None,
@@ -112,7 +122,13 @@ def evaluate(
     MiB, each rank holding only its share of the gallery and of the matrix; with
     ``stream_to``, the blocks go to a scratch file there instead of memory. Every rank gets
     the same metrics, equal to one process's.
+
+    ``distractor_pids``: the dataset's (``ReIDDataset.distractor_pids``); queries with them are
+    skipped. ``own_images``: from :func:`find_own_images` when the caller evaluates repeatedly
+    (it reads the image files); found here when None.
     """
+    if own_images is None:
+        own_images = find_own_images(query_loader.dataset, gallery_loader.dataset)
     if dist.enabled or stream_to is not None:
         return _evaluate_blockwise(
             model,
@@ -124,6 +140,8 @@ def evaluate(
             tile_mb=tile_mb,
             max_rank=max_rank,
             keep_same_camera=keep_same_camera,
+            distractor_pids=distractor_pids,
+            own_images=own_images,
             progress=progress and dist.is_main,
             dist=dist,
             stream_to=stream_to,
@@ -147,7 +165,8 @@ def evaluate(
         gallery.camids.numpy(),
         max_rank=max_rank,
         keep_same_camera=keep_same_camera,
-        query_gallery_index=query_gallery_index(query_loader.dataset, gallery_loader.dataset),
+        query_gallery_index=own_images.table,
+        distractor_pids=distractor_pids,
     )
     timings = {
         "extract_s": extracted - start,
@@ -168,6 +187,8 @@ def _evaluate_blockwise(
     tile_mb: int,
     max_rank: int,
     keep_same_camera: bool,
+    distractor_pids: Collection[int],
+    own_images: OwnImages,
     progress: bool,
     dist: DistContext,
     stream_to: str | Path | None,
@@ -207,7 +228,8 @@ def _evaluate_blockwise(
         dist,
         max_rank=max_rank,
         keep_same_camera=keep_same_camera,
-        query_gallery_index=query_gallery_index(query_loader.dataset, gallery_loader.dataset),
+        query_gallery_index=own_images.table,
+        distractor_pids=distractor_pids,
         tile_mb=tile_mb,
         block_bytes=block_mb << 20,
         stream_to=stream_to,
@@ -250,9 +272,147 @@ def query_gallery_index(query_set: object, gallery_set: object) -> np.ndarray | 
     return index if (index >= 0).any() else None
 
 
+class OwnImages(NamedTuple):
+    """Where each query's own image is in the gallery: as the same file, or as a byte-identical
+    copy of it with the same identity. Removed from that query's ranking (never a match)."""
+
+    table: np.ndarray | None  # (Q, K) gallery indices, -1 padded; None when there are none
+    copies: int  # how many of them are copies (another path, the same bytes)
+    mislabelled: int  # copies labelled with another identity: left in the ranking, warned about
+
+
+def find_own_images(query_set: object, gallery_set: object) -> OwnImages:
+    """Query images inside the gallery, by file path (:func:`query_gallery_index`) and by
+    content (:func:`byte_identical_copies`), as the table :func:`rank_metrics` takes.
+
+    Own collections often hold the query images in the gallery too, sometimes as copies under
+    another name; without this, each such query finds itself at distance 0 when same-camera
+    matches are kept (R1 = 100). A copy labelled with another identity contradicts its labels:
+    it stays in the ranking as a non-match, and a warning names it.
+    """
+    query, gallery = _records(query_set), _records(gallery_set)
+    query_paths, gallery_paths = _image_paths(query_set), _image_paths(gallery_set)
+    if query_paths is None or gallery_paths is None or query is None or gallery is None:
+        return OwnImages(None, 0, 0)
+    by_path = query_gallery_index(query_set, gallery_set)
+    rows = [
+        [] if by_path is None or by_path[q] < 0 else [int(by_path[q])] for q in range(len(query))
+    ]
+    copies, mislabelled = 0, []
+    for q, found in enumerate(byte_identical_copies(query_paths, gallery_paths)):
+        for g in found:
+            if g in rows[q]:
+                continue
+            if gallery[g].pid == query[q].pid:
+                rows[q].append(g)
+                copies += 1
+            else:
+                mislabelled.append((gallery_paths[g], query_paths[q]))
+    if mislabelled:
+        examples = ", ".join(f"{g} = {q}" for g, q in mislabelled[:_SHOW])
+        _LOG.warning(
+            "%d gallery image(s) are byte-identical to a query image but labelled with another "
+            "identity (e.g. %s); they stay in the ranking as non-matches",
+            len(mislabelled),
+            examples,
+        )
+    width = max((len(r) for r in rows), default=0)
+    if width == 0:
+        return OwnImages(None, 0, len(mislabelled))
+    table = np.full((len(rows), width), -1, dtype=np.int64)
+    for q, row in enumerate(rows):
+        table[q, : len(row)] = row
+    return OwnImages(table, copies, len(mislabelled))
+
+
+def byte_identical_copies(
+    query_paths: Sequence[str], gallery_paths: Sequence[str]
+) -> list[list[int]]:
+    """For each query file, the gallery positions of *other* files with exactly its bytes.
+
+    Cheap first: only files whose size some file on the other side shares are read and hashed
+    (BLAKE2b), so a usual split reads next to nothing. Files that cannot be read are left out
+    here; loading them reports the error.
+    """
+    q_sizes, g_sizes = _file_sizes(query_paths), _file_sizes(gallery_paths)
+    shared = set(q_sizes) & set(g_sizes)
+    by_digest: dict[tuple[int, bytes], list[int]] = defaultdict(list)
+    for size in shared:
+        for g in g_sizes[size]:
+            digest = _digest(gallery_paths[g])
+            if digest is not None:
+                by_digest[size, digest].append(g)
+    found: list[list[int]] = [[] for _ in query_paths]
+    for size in shared:
+        for q in q_sizes[size]:
+            digest = _digest(query_paths[q])
+            if digest is None:
+                continue
+            found[q] = [
+                g for g in by_digest.get((size, digest), []) if gallery_paths[g] != query_paths[q]
+            ]
+    return found
+
+
+def _file_sizes(paths: Sequence[str]) -> dict[int, list[int]]:
+    """Positions of the regular files, grouped by size (nothing else is opened: a FIFO blocks)."""
+    sizes: dict[int, list[int]] = defaultdict(list)
+    for i, path in enumerate(paths):
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode):
+            sizes[info.st_size].append(i)
+    return sizes
+
+
+def _digest(path: str) -> bytes | None:
+    digest = hashlib.blake2b()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.digest()
+
+
+def check_protocol(
+    query_set: object,
+    gallery_set: object,
+    *,
+    keep_same_camera: bool,
+    distractor_pids: Collection[int] = (),
+) -> OwnImages:
+    """Fail before training, with the protocol's own explanation, when no query could be
+    evaluated (single-camera data without ``eval.keep_same_camera``, disjoint identities, ...);
+    returns the own-image table for the evaluations to come."""
+    own = find_own_images(query_set, gallery_set)
+    query, gallery = _records(query_set) or [], _records(gallery_set) or []
+    check_valid_queries(
+        [r.pid for r in query],
+        [r.pid for r in gallery],
+        [r.camid for r in query],
+        [r.camid for r in gallery],
+        keep_same_camera=keep_same_camera,
+        query_gallery_index=own.table,
+        distractor_pids=distractor_pids,
+    )
+    return own
+
+
+def _records(dataset: object) -> list[Any] | None:
+    """The records of a torch dataset over records (``.records``) or a list of records."""
+    records = getattr(dataset, "records", None)
+    if records is None and isinstance(dataset, Sequence):
+        records = dataset
+    return None if records is None else list(records)
+
+
 def _image_paths(dataset: object) -> list[str] | None:
     """Resolved file paths of a dataset's image records, or None when it has none to give."""
-    paths = [getattr(r, "path", None) for r in getattr(dataset, "records", None) or []]
+    paths = [getattr(r, "path", None) for r in _records(dataset) or []]
     if not paths or None in paths:
         return None
     return [os.path.realpath(path) for path in paths]

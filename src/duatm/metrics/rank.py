@@ -9,7 +9,10 @@ Protocol, per query (Zheng et al., ICCV 2015; as implemented by torchreid and fa
 * the gallery is sorted by ascending distance;
 * gallery items with the query's pid *and* the query's camera are removed (they are near-duplicates
   of the query: same person, same view); ranks are counted in the list that remains;
-* a query left with no true match is skipped (it counts neither in CMC nor in mAP);
+* a query left with no true match is skipped (it counts neither in CMC nor in mAP), and so is
+  a query whose identity is a distractor (``distractor_pids``, e.g. Market-1501's pid 0): the
+  distractors are not one person, so "finding" another distractor is no match; how many were
+  skipped, and why, is returned (:class:`SkippedQueries`);
 * CMC@k: fraction of valid queries whose first true match is at rank <= k;
 * AP: mean over the true matches of the precision at that match (hits so far / rank);
 * INP (Ye et al., TPAMI 2021): number of true matches / rank of the last true match.
@@ -27,6 +30,7 @@ count / num_valid in float64; the references return it in float32.
 from __future__ import annotations
 
 import sys
+from collections.abc import Collection
 from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 import numpy as np
@@ -54,6 +58,18 @@ class RankResult(NamedTuple):
     mAP: float
 
 
+class SkippedQueries(NamedTuple):
+    """How many queries the protocol left out of CMC and mAP, by reason."""
+
+    distractor: int = 0  # the query's identity is a distractor (``distractor_pids``)
+    absent: int = 0  # the query's identity is nowhere in the gallery
+    no_match_left: int = 0  # every true match removed: same camera, or the query image itself
+
+    @property
+    def total(self) -> int:
+        return self.distractor + self.absent + self.no_match_left
+
+
 class RankMetrics(NamedTuple):
     """Everything [`rank_metrics`][duatm.metrics.rank_metrics] computes (a superset of
     [`RankResult`][duatm.metrics.RankResult])."""
@@ -62,6 +78,8 @@ class RankMetrics(NamedTuple):
     mAP: float
     mINP: float
     num_valid_queries: int
+    skipped: SkippedQueries = SkippedQueries()  # queries not counted, by reason
+    own_images_removed: int = 0  # gallery items removed as a query's own image
 
 
 class _PerQuery(NamedTuple):
@@ -115,6 +133,7 @@ def rank_metrics(
     *,
     keep_same_camera: bool = False,
     query_gallery_index: Array | None = None,
+    distractor_pids: Collection[int] | None = None,
     chunk_size: int | None = None,
 ) -> RankMetrics:
     """CMC, mAP, mINP and the number of valid queries of a distance matrix.
@@ -133,10 +152,15 @@ def rank_metrics(
             meaning (single camera, own collections): then only the query image itself is
             removed, and only if ``query_gallery_index`` says where it is.
         query_gallery_index: optional (Q,) integers; entry i is the gallery index of query i's
-            own image, or -1 when the gallery does not contain it. That gallery item is removed
-            from query i's list in either mode. Leave it None when query and gallery are
-            disjoint sets of images (the usual split). Identity is never guessed from a zero
-            distance, since distinct images can be at distance 0 too.
+            own image, or -1 when the gallery does not contain it. (Q, K) integers when a query
+            image can be in the gallery several times (byte-identical copies): row i lists
+            them, padded with -1. Those gallery items are removed from query i's list in either
+            mode. Leave it None when query and gallery are disjoint sets of images (the usual
+            split). Identity is never guessed from a zero distance, since distinct images can
+            be at distance 0 too.
+        distractor_pids: identities that are not one person (Market-1501: ``{0}``); a query
+            with one of them is skipped. The dataset says which (``ReIDDataset.distractor_pids``);
+            None or empty: every identity is a person.
         chunk_size: queries processed at once; None picks about 4M matrix entries per chunk.
             Results do not depend on it.
 
@@ -158,12 +182,7 @@ def rank_metrics(
     q_camids = _as_int_vector(q_camids, "q_camids", num_q, "num_query = distmat.shape[0]")
     g_camids = _as_int_vector(g_camids, "g_camids", num_g, "num_gallery = distmat.shape[1]")
     max_rank = _positive_int(max_rank, "max_rank")
-    q_self = None
-    if query_gallery_index is not None:
-        q_self = _as_int_vector(
-            query_gallery_index, "query_gallery_index", num_q, "num_query = distmat.shape[0]"
-        )
-        _check_query_gallery_index(q_self, q_pids, g_pids)
+    q_self = _as_own_image_table(query_gallery_index, q_pids, g_pids)
     if chunk_size is None:
         chunk_size = max(1, _CHUNK_ENTRIES // num_g)
     chunk_size = _positive_int(chunk_size, "chunk_size")
@@ -190,7 +209,28 @@ def rank_metrics(
             )
         )
     per_query = _PerQuery(*(np.concatenate(field) for field in zip(*parts, strict=True)))
-    return _aggregate(per_query, max_rank, keep_same_camera, q_self is not None, q_camids, g_camids)
+    return _finish(
+        per_query, q_pids, q_self, distractor_pids, max_rank, keep_same_camera, q_camids, g_camids
+    )
+
+
+def _finish(
+    per_query: _PerQuery,
+    q_pids: np.ndarray,
+    q_self: np.ndarray | None,
+    distractor_pids: Collection[int] | None,
+    max_rank: int,
+    keep_same_camera: bool,
+    q_camids: np.ndarray,
+    g_camids: np.ndarray,
+) -> RankMetrics:
+    """The metrics over the valid queries, with what was skipped and removed."""
+    distractor = _is_distractor(q_pids, distractor_pids)
+    metrics = _aggregate(
+        per_query, distractor, max_rank, keep_same_camera, q_self is not None, q_camids, g_camids
+    )
+    own_removed = 0 if q_self is None else int((q_self >= 0).sum())
+    return metrics._replace(own_images_removed=own_removed)
 
 
 def _chunk_per_query(
@@ -235,7 +275,8 @@ def _per_query_from_matches(
     if not keep_same_camera:
         removed |= g_camids[gallery_idx] == q_camids[rows]
     if q_self is not None:
-        removed |= gallery_idx == q_self[rows]
+        own = q_self.reshape(num_rows, -1)[rows]  # (matches, K): the query's own images
+        removed |= (own == gallery_idx[:, None]).any(axis=1)
 
     removed_before = _exclusive_cumsum_within_rows(removed, rows, num_matches)
     kept = ~removed
@@ -268,6 +309,7 @@ def rank_metrics_from_positions(
     *,
     keep_same_camera: bool = False,
     query_gallery_index=None,
+    distractor_pids: Collection[int] | None = None,
 ) -> RankMetrics:
     """:func:`rank_metrics` from where each true match stands, instead of from the matrix.
 
@@ -297,12 +339,7 @@ def rank_metrics_from_positions(
     gallery_idx = _as_int_vector(match_gallery, "match_gallery", num_m, "num_matches")
     positions = _as_int_vector(match_position, "match_position", num_m, "num_matches")
     max_rank = _positive_int(max_rank, "max_rank")
-    q_self = None
-    if query_gallery_index is not None:
-        q_self = _as_int_vector(
-            query_gallery_index, "query_gallery_index", num_q, "num_query = len(q_pids)"
-        )
-        _check_query_gallery_index(q_self, q_pids, g_pids)
+    q_self = _as_own_image_table(query_gallery_index, q_pids, g_pids)
     inside = (rows >= 0) & (rows < num_q) & (gallery_idx >= 0) & (gallery_idx < num_g)
     if not inside.all() or ((positions < 0) | (positions >= num_g)).any():
         raise ValueError("match_query / match_gallery / match_position: index out of range")
@@ -327,7 +364,9 @@ def rank_metrics_from_positions(
         g_camids,
         keep_same_camera,
     )
-    return _aggregate(per_query, max_rank, keep_same_camera, q_self is not None, q_camids, g_camids)
+    return _finish(
+        per_query, q_pids, q_self, distractor_pids, max_rank, keep_same_camera, q_camids, g_camids
+    )
 
 
 def count_ahead(
@@ -371,6 +410,7 @@ def _exclusive_cumsum_within_rows(
 
 def _aggregate(
     per_query: _PerQuery,
+    distractor: np.ndarray,
     max_rank: int,
     keep_same_camera: bool,
     has_query_index: bool,
@@ -378,13 +418,12 @@ def _aggregate(
     g_camids: np.ndarray,
 ) -> RankMetrics:
     """Average the per-query statistics over the valid queries."""
-    valid = per_query.num_rel > 0
+    valid = (per_query.num_rel > 0) & ~distractor
     num_valid = int(valid.sum())
+    skipped = _skipped(distractor, per_query.num_matches, per_query.num_rel)
     if num_valid == 0:
         raise NoValidQueryError(
-            _no_valid_query_message(
-                per_query.num_matches, keep_same_camera, has_query_index, q_camids, g_camids
-            )
+            _no_valid_query_message(skipped, keep_same_camera, has_query_index, q_camids, g_camids)
         )
     # Histogram of first-hit ranks, cumulated. A gallery shorter than max_rank has no first hits
     # past its end, so the tail keeps the last value.
@@ -396,30 +435,133 @@ def _aggregate(
         mAP=float(np.mean(per_query.ap[valid])),
         mINP=float(np.mean(inp)),
         num_valid_queries=num_valid,
+        skipped=skipped,
     )
 
 
+def _skipped(
+    distractor: np.ndarray, num_matches: np.ndarray, num_rel: np.ndarray
+) -> SkippedQueries:
+    """Counts of skipped queries by reason; a distractor query counts only as a distractor."""
+    person = ~distractor
+    return SkippedQueries(
+        distractor=int(distractor.sum()),
+        absent=int((person & (num_matches == 0)).sum()),
+        no_match_left=int((person & (num_matches > 0) & (num_rel == 0)).sum()),
+    )
+
+
+def count_valid_queries(
+    q_pids: Array,
+    g_pids: Array,
+    q_camids: Array,
+    g_camids: Array,
+    *,
+    keep_same_camera: bool = False,
+    query_gallery_index: Array | None = None,
+    distractor_pids: Collection[int] | None = None,
+) -> tuple[int, SkippedQueries]:
+    """How many queries the protocol will count, and why the others are skipped, from the labels
+    alone (no distances needed): what :func:`rank_metrics` finds, checked before a training run
+    spends hours on data that cannot be evaluated. O(Q + G).
+    """
+    q_pids = _as_int_vector(q_pids, "q_pids", len(q_pids), "num_query")
+    q_camids = _as_int_vector(q_camids, "q_camids", q_pids.size, "num_query = len(q_pids)")
+    g_pids = _as_int_vector(g_pids, "g_pids", len(g_pids), "num_gallery")
+    g_camids = _as_int_vector(g_camids, "g_camids", g_pids.size, "num_gallery = len(g_pids)")
+    q_self = _as_own_image_table(query_gallery_index, q_pids, g_pids)
+    distractor = _is_distractor(q_pids, distractor_pids)
+    num_matches = _gallery_counts(q_pids[:, None], g_pids[:, None])
+    removed = np.zeros_like(num_matches)
+    if not keep_same_camera:
+        removed += _gallery_counts(np.stack([q_pids, q_camids], 1), np.stack([g_pids, g_camids], 1))
+    if q_self is not None:
+        # Own images are true matches (checked); those under the query's camera are already
+        # counted above when same-camera matches are removed. Each gallery item counts once.
+        own = np.sort(q_self, axis=1)
+        first = np.ones_like(own, dtype=bool)
+        first[:, 1:] = own[:, 1:] != own[:, :-1]
+        present = (own >= 0) & first
+        other_camera = g_camids[np.where(present, own, 0)] != q_camids[:, None]
+        removed += (present & (keep_same_camera | other_camera)).sum(axis=1)
+    num_rel = num_matches - removed
+    valid = (num_rel > 0) & ~distractor
+    return int(valid.sum()), _skipped(distractor, num_matches, num_rel)
+
+
+def check_valid_queries(
+    q_pids: Array,
+    g_pids: Array,
+    q_camids: Array,
+    g_camids: Array,
+    *,
+    keep_same_camera: bool = False,
+    query_gallery_index: Array | None = None,
+    distractor_pids: Collection[int] | None = None,
+) -> tuple[int, SkippedQueries]:
+    """:func:`count_valid_queries`, raising the :class:`NoValidQueryError` that
+    :func:`rank_metrics` would raise (with its explanation) when no query is valid."""
+    num_valid, skipped = count_valid_queries(
+        q_pids,
+        g_pids,
+        q_camids,
+        g_camids,
+        keep_same_camera=keep_same_camera,
+        query_gallery_index=query_gallery_index,
+        distractor_pids=distractor_pids,
+    )
+    if num_valid == 0:
+        raise NoValidQueryError(
+            _no_valid_query_message(
+                skipped,
+                keep_same_camera,
+                query_gallery_index is not None,
+                np.asarray(q_camids),
+                np.asarray(g_camids),
+            )
+        )
+    return num_valid, skipped
+
+
+def _gallery_counts(q_keys: np.ndarray, g_keys: np.ndarray) -> np.ndarray:
+    """For each query row of keys, how many gallery rows are equal to it."""
+    _, inverse = np.unique(np.concatenate([q_keys, g_keys]), axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    counts = np.bincount(inverse[len(q_keys) :], minlength=int(inverse.max()) + 1)
+    return counts[inverse[: len(q_keys)]]
+
+
+def _is_distractor(q_pids: np.ndarray, distractor_pids: Collection[int] | None) -> np.ndarray:
+    if not distractor_pids:
+        return np.zeros(q_pids.shape, dtype=bool)
+    return np.isin(q_pids, np.fromiter(distractor_pids, dtype=np.int64))
+
+
 def _no_valid_query_message(
-    num_matches: np.ndarray,
+    skipped: SkippedQueries,
     keep_same_camera: bool,
     has_query_index: bool,
     q_camids: np.ndarray,
     g_camids: np.ndarray,
 ) -> str:
     """Explain why every query was skipped and how to evaluate such data."""
-    num_q = num_matches.size
-    absent = int((num_matches == 0).sum())
-    all_removed = num_q - absent
     lines = [
         f"no query has a true match left in the gallery, so CMC and mAP are undefined "
-        f"({num_q} queries, all skipped):"
+        f"({skipped.total} queries, all skipped):"
     ]
-    if absent:
+    if skipped.distractor:
         lines.append(
-            f"- {absent} of them: the query's pid does not appear in the gallery at all; check "
-            "that query and gallery come from the same split and use the same pid numbering "
-            "(e.g. training pids relabelled to 0..N-1 compared with original gallery pids)."
+            f"- {skipped.distractor} of them: the query's identity is a distractor (not one "
+            "person, e.g. Market-1501's pid 0), which has no true match by definition."
         )
+    if skipped.absent:
+        lines.append(
+            f"- {skipped.absent} of them: the query's pid does not appear in the gallery at all; "
+            "check that query and gallery come from the same split and use the same pid "
+            "numbering (e.g. training pids relabelled to 0..N-1 compared with original gallery "
+            "pids)."
+        )
+    all_removed = skipped.no_match_left
     if all_removed and not keep_same_camera:
         single = np.unique(np.concatenate([q_camids, g_camids]))
         camera_note = f" (every image here has camera id {single[0]})" if single.size == 1 else ""
@@ -431,8 +573,8 @@ def _no_valid_query_message(
             "single-camera data or data whose camera ids carry no meaning, evaluate with "
             "keep_same_camera=True (on the duatm command line: --set eval.keep_same_camera=true): "
             "same-camera matches are then kept and only the query image itself is removed "
-            "(duatm's evaluator finds query images in the gallery by their file path; from "
-            "Python, pass query_gallery_index)."
+            "(duatm's evaluator finds query images in the gallery by their file path and by "
+            "their content; from Python, pass query_gallery_index)."
         )
     elif all_removed:
         lines.append(
@@ -474,22 +616,41 @@ def _positive_int(value, name: str) -> int:
     return int(value)
 
 
-def _check_query_gallery_index(q_self: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray) -> None:
-    """Each entry is -1 or a gallery index whose pid is the query's (it is the same image)."""
-    num_g = g_pids.size
-    bad = np.flatnonzero((q_self < -1) | (q_self >= num_g))
-    if bad.size:
-        i = bad[0]
+def _as_own_image_table(
+    query_gallery_index: Array | None, q_pids: np.ndarray, g_pids: np.ndarray
+) -> np.ndarray | None:
+    """``query_gallery_index`` as a checked (Q, K) int64 table (-1 = none), or None."""
+    if query_gallery_index is None:
+        return None
+    num_q, num_g = q_pids.size, g_pids.size
+    name = "query_gallery_index"
+    table = _as_numpy(query_gallery_index, name)
+    if table.ndim not in (1, 2) or table.shape[0] != num_q:
         raise ValueError(
-            f"query_gallery_index: entry {i} is {q_self[i]}; expected -1 or a gallery index "
-            f"in [0, {num_g})"
+            f"{name}: expected shape ({num_q},) or ({num_q}, K) (num_query = distmat.shape[0]), "
+            f"got {tuple(table.shape)}"
         )
-    present = q_self >= 0
-    mismatch = np.flatnonzero(present & (g_pids[np.where(present, q_self, 0)] != q_pids))
-    if mismatch.size:
-        i = mismatch[0]
+    if table.dtype == np.bool_ or table.dtype.kind not in "iu":
+        raise ValueError(f"{name}: expected integers, got dtype {table.dtype}")
+    table = table.astype(np.int64, copy=False).reshape(num_q, -1)
+    bad = np.argwhere((table < -1) | (table >= num_g))
+    if bad.size:
+        i, k = bad[0]
         raise ValueError(
-            f"query_gallery_index: entry {i} points at gallery item {q_self[i]} with pid "
-            f"{g_pids[q_self[i]]}, but query {i} has pid {q_pids[i]}; it must be the query's "
+            f"{name}: entry {_entry(table, i, k)} is {table[i, k]}; expected -1 or a gallery "
+            f"index in [0, {num_g})"
+        )
+    present = table >= 0
+    mismatch = np.argwhere(present & (g_pids[np.where(present, table, 0)] != q_pids[:, None]))
+    if mismatch.size:
+        i, k = mismatch[0]
+        raise ValueError(
+            f"{name}: entry {_entry(table, i, k)} points at gallery item {table[i, k]} with pid "
+            f"{g_pids[table[i, k]]}, but query {i} has pid {q_pids[i]}; it must be the query's "
             "own image"
         )
+    return table
+
+
+def _entry(table: np.ndarray, i: int, k: int) -> str:
+    return str(i) if table.shape[1] == 1 else f"({i}, {k})"

@@ -28,13 +28,45 @@ def format_rank_table(metrics: RankMetrics, ranks: Sequence[int] | None = None) 
     return f"{header}\n{row}"
 
 
+def protocol_notes(metrics: RankMetrics) -> list[str]:
+    """One line per thing the protocol did that the numbers alone do not show: queries skipped
+    (how many, and why) and gallery items removed as a query's own image. Empty when neither."""
+    notes = []
+    s = metrics.skipped
+    if s.total:
+        reasons = [
+            (s.distractor, "whose identity is a distractor (not one person)"),
+            (s.absent, "whose identity is not in the gallery"),
+            (
+                s.no_match_left,
+                "whose every true match is under the query's own camera or is the query image",
+            ),
+        ]
+        listed = "; ".join(f"{count} {why}" for count, why in reasons if count)
+        total = s.total + metrics.num_valid_queries
+        notes.append(f"skipped {s.total} of {total} queries: {listed}")
+    if metrics.own_images_removed:
+        notes.append(
+            f"removed {metrics.own_images_removed} gallery image(s) that are a query image "
+            "itself (the same file, or a byte-identical copy) from that query's ranking"
+        )
+    return notes
+
+
+def format_rank_report(metrics: RankMetrics, ranks: Sequence[int] | None = None) -> str:
+    """:func:`format_rank_table`, then the :func:`protocol_notes`: what a command prints."""
+    return "\n".join([format_rank_table(metrics, ranks), *protocol_notes(metrics)])
+
+
 def rank_metrics_to_dict(
     metrics: RankMetrics, ranks: Sequence[int] | None = None
 ) -> dict[str, float | int | list[float]]:
     """JSON-ready plain Python values, as fractions in [0, 1] (the table shows percent).
 
-    Keys: ``R<k>`` for each of ``ranks``, ``mAP``, ``mINP``, ``num_valid_queries`` and ``cmc``
-    (the whole curve).
+    Keys: ``R<k>`` for each of ``ranks``, ``mAP``, ``mINP``, ``num_valid_queries``,
+    ``skipped_distractor`` / ``skipped_absent`` / ``skipped_no_match_left`` (queries skipped,
+    by reason), ``own_images_removed`` and ``cmc`` (the whole curve); all but ``cmc`` scalars,
+    so the dict minus ``cmc`` is a metrics-log record.
     """
     out: dict[str, float | int | list[float]] = {
         f"R{k}": float(metrics.cmc[k - 1]) for k in _checked_ranks(metrics, ranks)
@@ -42,6 +74,8 @@ def rank_metrics_to_dict(
     out["mAP"] = float(metrics.mAP)
     out["mINP"] = float(metrics.mINP)
     out["num_valid_queries"] = int(metrics.num_valid_queries)
+    out.update((f"skipped_{k}", int(v)) for k, v in metrics.skipped._asdict().items())
+    out["own_images_removed"] = int(metrics.own_images_removed)
     out["cmc"] = [float(v) for v in metrics.cmc]
     return out
 
