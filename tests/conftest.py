@@ -10,7 +10,7 @@ import torch
 from duatm.config import config_to_dict, load_config
 from duatm.data.synthped import write_synthped
 from duatm.engine.builders import build_model
-from duatm.engine.checkpoint import save_checkpoint
+from duatm.engine.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
 # A 16-d tiny DenseNet at 32x16 (S = 2 x 1 with drop_last_pool): milliseconds per image.
 TINY_MODEL = [
@@ -42,6 +42,7 @@ def write_tiny_checkpoint(
         elif name.endswith("running_var"):
             buffer.uniform_(0.5, 1.5)
     state = {
+        "format": CHECKPOINT_FORMAT,
         "config": config_to_dict(cfg),
         "num_classes": 6,
         "epoch": 3,

@@ -6,17 +6,26 @@ bad inputs (exit code, one line, files untouched) is tests/test_cli_errors.py.
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from duatm.cli import main
 from duatm.data.datasets import ImageFolderDataset, Market1501
 from duatm.data.datasets.base import list_folder
 from duatm.data.records import ImageRecord
+from duatm.data.synthped import MANIFEST_NAME, write_synthped
+from duatm.data.synthped_video import write_video_synthped
 from duatm.data.transforms import read_image
+from duatm.engine.checkpoint import CheckpointError, blocked_globals, load_checkpoint
 from duatm.engine.evaluator import byte_identical_copies, find_own_images
 from duatm.metrics import (
     NoValidQueryError,
@@ -341,3 +350,123 @@ def test_case13_dropped_queries_are_reported_with_their_reason() -> None:
     )
     record = rank_metrics_to_dict(metrics)
     assert (record["skipped_absent"], record["skipped_no_match_left"]) == (1, 1)
+
+
+# -- case 8: a malicious checkpoint is refused naming the blocked global, never suggesting
+#    weights_only=False ------------------------------------------------------------------------
+
+
+class _Payload:
+    """Pickles as a call of os.system: what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _repickled(source: Path, target: Path, payload: bytes) -> Path:
+    """``source`` (a torch zip archive) with its data.pkl replaced by ``payload``."""
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            zout.writestr(item, payload if item.filename.endswith("data.pkl") else data)
+    return target
+
+
+@pytest.mark.parametrize("protocol", [2, 4])  # GLOBAL, and STACK_GLOBAL with memoised strings
+def test_case8_malicious_checkpoint_names_the_blocked_global(tmp_path: Path, protocol: int) -> None:
+    marker = tmp_path / "pwned"
+    plain = tmp_path / "plain.pt"
+    torch.save({"epoch": 1}, plain)
+    evil = _repickled(
+        plain, tmp_path / "evil.pt", pickle.dumps({"x": _Payload(marker)}, protocol=protocol)
+    )
+    with pytest.raises(CheckpointError) as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about protocol 4 before refusing
+        load_checkpoint(evil)
+    message = str(info.value)
+    assert message.startswith(f"{evil} holds code or objects that duatm will not load")
+    assert f"(blocked: {os.system.__module__}.system)" in message
+    assert "weights_only" not in message and "trust" not in message
+    assert len(message.splitlines()) == 1
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # torch's advice gone
+    assert not marker.exists()
+    assert blocked_globals(evil) == [f"{os.system.__module__}.system"]
+    assert blocked_globals(plain) == []
+
+
+# -- case 4: synth --overwrite deletes only what SynthPed wrote ---------------------------------
+
+SYNTH = {"num_ids": 4, "num_cameras": 2, "height": 32, "width": 16, "images_per_id_per_camera": 2}
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_case4_synth_overwrite_keeps_the_users_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = write_synthped(tmp_path / "synth", **SYNTH)
+    listed = json.loads((out / MANIFEST_NAME).read_text())["files"]
+    assert listed == sorted(k for k in tree_bytes(out) if k != MANIFEST_NAME)
+    (out / "notes.txt").write_text("my notes")
+    (out / "mystuff").mkdir()
+    (out / "mystuff" / "model.pt").write_bytes(b"\x00weights")
+    (out / "query" / "my_query.jpg").write_bytes(b"not SynthPed's")
+    before = tree_bytes(out)
+    mine = {k: before[k] for k in ("notes.txt", "mystuff/model.pt", "query/my_query.jpg")}
+
+    assert main(["synth", "--out", str(out), "--seed", "7", "--ids", "4", "--cameras", "2",
+                 "--height", "32", "--width", "16", "--images-per-camera", "2", "--workers", "1",
+                 "--overwrite"]) == 0  # fmt: skip
+    after = tree_bytes(out)
+    assert {k: after[k] for k in mine} == mine  # the user's files, byte for byte
+    assert json.loads(after[MANIFEST_NAME])["arguments"]["seed"] == 7
+    fresh = write_synthped(tmp_path / "fresh", seed=7, **SYNTH)
+    assert {k: v for k, v in after.items() if k not in mine} == tree_bytes(fresh)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "synth"]  # nothing left over
+    capsys.readouterr()
+
+
+def test_case4_video_synth_overwrite_keeps_the_users_files(tmp_path: Path) -> None:
+    tiny = {"num_ids": 4, "num_cameras": 2, "height": 32, "width": 16}
+    tiny |= {"tracklets_per_camera": 1, "min_frames": 2, "max_frames": 3}
+    out = write_video_synthped(tmp_path / "video", **tiny)
+    first_frame = sorted((out / "bbox_train").rglob("*.jpg"))[0]
+    (first_frame.parent / "my_frame_notes.txt").write_text("mine")
+    (out / "info" / "my_split.txt").write_text("mine too")
+    mine = {k: v for k, v in tree_bytes(out).items() if "my_" in k}
+    assert len(mine) == 2
+    write_video_synthped(out, seed=3, overwrite=True, **tiny)
+    after = tree_bytes(out)
+    assert {k: after[k] for k in mine} == mine
+    fresh = write_video_synthped(tmp_path / "fresh", seed=3, **tiny)
+    assert {k: v for k, v in after.items() if k not in mine} == tree_bytes(fresh)
+
+
+def test_case4_synth_overwrite_refuses_when_it_cannot_tell_whose_files_are_whose(
+    tmp_path: Path,
+) -> None:
+    out = write_synthped(tmp_path / "synth", **SYNTH)
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    # The user replaced a SynthPed image with their own under the same name.
+    name = manifest["files"].pop(0)
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    (out / name).write_bytes(b"mine")
+    before = tree_bytes(out)
+    with pytest.raises(FileExistsError, match=f"{name}: not written by SynthPed"):
+        write_synthped(out, seed=3, overwrite=True, **SYNTH)
+    assert tree_bytes(out) == before
+    # A manifest of an older duatm lists no files: refused too, nothing deleted.
+    del manifest["files"]
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    before = tree_bytes(out)
+    with pytest.raises(FileExistsError, match="does not list the files SynthPed wrote"):
+        write_synthped(out, seed=3, overwrite=True, **SYNTH)
+    assert tree_bytes(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]

@@ -27,7 +27,12 @@ from torch.utils.data import DataLoader, Dataset
 from duatm.config import DuATMConfig, config_from_dict
 from duatm.data.transforms import PixelPipeline, build_test_transform, read_image
 from duatm.engine.builders import build_model, resolve_device
-from duatm.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from duatm.engine.checkpoint import (
+    check_finite_weights,
+    check_run_state,
+    load_checkpoint,
+    load_model_state,
+)
 from duatm.engine.evaluator import extract_batch
 from duatm.engine.progress import Progress
 from duatm.models.duatm import DuATM
@@ -40,9 +45,6 @@ ImageInput: TypeAlias = "str | os.PathLike[str] | Image.Image | Tensor"
 #: What :meth:`TrainedModel.extract` takes: one image, a uint8 batch (N, 3, H, W), or a
 #: sequence of images (which may mix the kinds).
 Images: TypeAlias = "ImageInput | Sequence[ImageInput]"
-
-# What a training checkpoint must hold for the model to be rebuilt from it.
-_REQUIRED_KEYS = ("config", "num_classes", "model")
 
 
 def load(
@@ -58,15 +60,13 @@ def load(
     config overrides applied to the checkpoint's config (e.g. ``eval.tile_mb=64``); model
     keys must keep their trained values, or the weights will not fit.
     Raises :class:`~duatm.engine.checkpoint.CheckpointError` (or ``FileNotFoundError``) naming
-    the file, and :class:`~duatm.config.ConfigError` naming a bad override.
+    the file (also for a checkpoint of another format version, or with NaN weights), and
+    :class:`~duatm.config.ConfigError` naming a bad override.
     """
     path = Path(checkpoint)
     state = load_checkpoint(path)
-    missing = [key for key in _REQUIRED_KEYS if key not in state]
-    if missing:
-        raise CheckpointError(
-            f"{path} is not a duatm training checkpoint: it has no {', '.join(missing)}"
-        )
+    check_run_state(state, str(path))
+    check_finite_weights(state["model"], str(path))
     extra = [] if device is None else [f"device={device}"]
     cfg = config_from_dict(state["config"], str(path), [*overrides, *extra])
     module = build_model(cfg, state["num_classes"], load_pretrained=False)

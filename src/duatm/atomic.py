@@ -20,7 +20,8 @@ def atomic_open(
 ) -> Iterator[IO[Any]]:
     """Open a temporary file beside `path`; on a clean exit flush, fsync and rename it over `path`.
 
-    If the body raises, the temporary file is removed and `path` is left as it was.
+    If the body raises, the temporary file is removed and `path` is left as it was; an OSError
+    (a full disk, a read-only folder) is raised again naming `path`, not the temporary file.
     `mode` is "w" (text) or "wb" (binary); the parent folder is created when missing.
     """
     if mode not in ("w", "wb"):
@@ -28,7 +29,10 @@ def atomic_open(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text_args = {} if "b" in mode else {"encoding": encoding, "newline": newline}
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise _naming(err, path) from err
     try:
         with os.fdopen(fd, mode, **text_args) as handle:
             os.chmod(tmp_name, 0o666 & ~_UMASK)
@@ -36,11 +40,20 @@ def atomic_open(
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(err, OSError) and err.filename in (None, tmp_name):
+            raise _naming(err, path) from err
         raise
     _fsync_dir(path.parent)
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """The same error (type, errno, reason) about ``path``: what the user asked to write."""
+    if err.errno is None:
+        return err
+    return type(err)(err.errno, err.strerror or os.strerror(err.errno), str(path))
 
 
 def atomic_write_text(path: str | Path, text: str, *, encoding: str = "utf-8") -> None:

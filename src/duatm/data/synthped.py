@@ -63,6 +63,7 @@ from duatm.data.synth_render import (
 )
 from duatm.data.synth_tree import MANIFEST_NAME, check_target, run_sharded, write_tree
 from duatm.data.synthped_video import write_video_synthped
+from duatm.errors import one_line_message
 
 __all__ = [
     "MANIFEST_NAME",
@@ -475,7 +476,7 @@ def run_synth(args: argparse.Namespace) -> int:
             verbose=True,
             **options,
         )
-    except (ValueError, FileExistsError) as err:
-        print(f"duatm synth: error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:
+        print(f"duatm synth: error: {one_line_message(err)}", file=sys.stderr)
         return 2
     return 0

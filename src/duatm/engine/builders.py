@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.func import functional_call
 from torch.utils.data import DataLoader
 
 from duatm.config import ConfigError, DuATMConfig
@@ -54,10 +56,11 @@ def load_dataset(cfg: DuATMConfig, *, verbose: bool = True) -> ReIDDataset[Any]:
 
 
 def build_model(cfg: DuATMConfig, num_classes: int, *, load_pretrained: bool = True) -> DuATM:
-    """The model of ``cfg.model``; ``load_pretrained=False`` skips the backbone weights (for a
-    model whose weights come from a checkpoint next)."""
+    """The model of ``cfg.model``, checked to accept ``data.height`` x ``data.width`` images;
+    ``load_pretrained=False`` skips the backbone weights (for a model whose weights come from a
+    checkpoint next)."""
     m = cfg.model
-    return DuATM(
+    model = DuATM(
         m.backbone,
         m.dim,
         num_classes=num_classes,
@@ -65,6 +68,44 @@ def build_model(cfg: DuATMConfig, num_classes: int, *, load_pretrained: bool = T
         pretrained=m.pretrained if load_pretrained else None,
         drop_last_pool=m.drop_last_pool,
     )
+    check_input_size(model, cfg)
+    return model
+
+
+def check_input_size(model: DuATM, cfg: DuATMConfig) -> None:
+    """Raise a ConfigError naming the keys when the backbone cannot take images of the
+    configured size (its pooling would leave an empty feature map), instead of a RuntimeError
+    from deep inside the first forward pass.
+
+    Runs the backbone on the meta device: shapes only, no arithmetic and no weights copied.
+    The answer depends on the architecture alone, so each one is checked once per process.
+    """
+    d = cfg.data
+    key = (cfg.model.backbone, cfg.model.drop_last_pool, d.height, d.width)
+    if key in _ACCEPTED_SIZES:
+        return
+    backbone = model.backbone
+    tensors = itertools.chain(backbone.named_parameters(), backbone.named_buffers())
+    meta = {name: torch.empty_like(value, device="meta") for name, value in tensors}
+    images = torch.empty(2, 3, d.height, d.width, device="meta")
+    try:
+        fmap = functional_call(backbone, meta, (images,))
+    except RuntimeError as err:
+        raise ConfigError(
+            f"data.height={d.height}, data.width={d.width}: too small for "
+            f"model.backbone={cfg.model.backbone} (drop_last_pool={cfg.model.drop_last_pool}): "
+            f"{str(err).splitlines()[0]}"
+        ) from err
+    if fmap.shape[-2] * fmap.shape[-1] == 0:
+        raise ConfigError(
+            f"data.height={d.height}, data.width={d.width}: model.backbone="
+            f"{cfg.model.backbone} makes an empty feature map of these images"
+        )
+    _ACCEPTED_SIZES.add(key)
+
+
+# (backbone, drop_last_pool, height, width) that check_input_size has accepted.
+_ACCEPTED_SIZES: set[tuple[str, bool, int, int]] = set()
 
 
 def build_train_loader(

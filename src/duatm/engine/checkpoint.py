@@ -14,8 +14,8 @@ from __future__ import annotations
 import errno
 import logging
 import pickle
+import pickletools
 import random
-import re
 import zipfile
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
@@ -30,6 +30,8 @@ from duatm.atomic import atomic_open
 
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
+# Bumped when the checkpoint layout changes, so old files get a clear error, not a KeyError.
+CHECKPOINT_FORMAT = 1
 
 _LOG = logging.getLogger(__name__)
 # Leaf types the weights-only unpickler rebuilds (torch._weights_only_unpickler allow-list).
@@ -113,15 +115,9 @@ def load_checkpoint(
         raise CheckpointError(f"{path} is truncated or not a duatm {kind} ({detail})")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if refused:
-            raise CheckpointError(
-                f"{path}: the safe (weights_only) loader refused an object of type "
-                f"{refused.group(1)}; duatm {kind}s hold only tensors, numbers, strings and "
-                "containers of them, so this file was not written by duatm"
-            ) from err
-        raise _corrupt(path, err, kind) from err
+    except pickle.UnpicklingError:
+        # torch's own text advises loading with weights_only=False: never pass that on.
+        raise _refused(path, kind) from None
     except (EOFError, IndexError, KeyError, ValueError, zipfile.BadZipFile) as err:
         raise _corrupt(path, err, kind) from err
     except OSError as err:
@@ -139,11 +135,131 @@ def load_checkpoint(
     return state
 
 
+def _refused(path: Path, kind: str) -> CheckpointError:
+    """The error for a file the weights-only unpickler refused, naming what it refused."""
+    try:
+        blocked = blocked_globals(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return CheckpointError(
+            f"{path} is truncated or not a duatm {kind} (its pickled data cannot be read)"
+        )
+    what = f"blocked: {', '.join(blocked[:_SHOW])}" if blocked else "pickle instructions"
+    return CheckpointError(
+        f"{path} holds code or objects that duatm will not load ({what}); a duatm {kind} "
+        "holds only tensors, numbers, strings and containers of them, so this file was not "
+        "written by duatm or was altered"
+    )
+
+
+def blocked_globals(path: str | Path) -> list[str]:
+    """Names of the Python objects (``module.name``) that a checkpoint's pickle refers to and
+    that the weights-only loader does not rebuild, in order of appearance.
+
+    Read with :mod:`pickletools`, which only parses: nothing in the file is executed.
+    """
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+        data = archive.read(name)
+    allowed = _allowed_globals()
+    names = []
+    for global_name in _pickle_globals(data):
+        if global_name not in allowed and global_name not in names:
+            names.append(global_name)
+    return names
+
+
+# Protocol-2 pickles name some modules as Python 2 did; the unpickler maps them, so do we.
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+
+def _pickle_globals(data: bytes) -> list[str]:
+    """Every ``module.name`` a pickle imports (GLOBAL, or STACK_GLOBAL after two strings)."""
+    found, strings, memo = [], [], {}
+    last: object = None
+    for opcode, arg, _ in pickletools.genops(data):
+        if opcode.name == "GLOBAL":
+            module, _, name = str(arg).partition(" ")
+            found.append(f"{_PY2_MODULES.get(module, module)}.{name}")
+        elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+            found.append(f"{strings[-2]}.{strings[-1]}")
+        if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+            last = arg
+            strings.append(arg)
+        elif opcode.name in ("BINGET", "LONG_BINGET", "GET"):
+            last = memo.get(arg)
+            if isinstance(last, str):
+                strings.append(last)
+        elif opcode.name == "MEMOIZE":
+            memo[len(memo)] = last
+        elif opcode.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            memo[arg] = last
+        else:
+            last = None
+    return found
+
+
+def _allowed_globals() -> set[str]:
+    """``module.name`` of what the weights-only loader rebuilds: torch's allow-list (a private
+    function, so with a fallback) and what the user allowed with ``add_safe_globals``."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except (ImportError, AttributeError):
+        allowed = {
+            "collections.OrderedDict",
+            "collections.Counter",
+            "torch._utils._rebuild_tensor_v2",
+        }
+    for item in torch.serialization.get_safe_globals():
+        obj = item[0] if isinstance(item, tuple) else item
+        allowed.add(f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', obj)}")
+    return allowed
+
+
 def _corrupt(path: Path, err: BaseException, kind: str) -> CheckpointError:
     detail = str(err).splitlines()[0] if str(err) else "unexpected end of file"
     return CheckpointError(
         f"{path} is truncated or not a duatm {kind} ({type(err).__name__}: {detail})"
     )
+
+
+#: What a checkpoint written by a run must hold for its model to be rebuilt (evaluate, load).
+RUN_STATE_KEYS = ("config", "num_classes", "model")
+
+
+def check_run_state(
+    state: Mapping[str, Any], source: str, keys: tuple[str, ...] = RUN_STATE_KEYS
+) -> None:
+    """Refuse a file that lacks what a run's checkpoint holds, or a checkpoint of another format
+    version (:data:`CHECKPOINT_FORMAT`), with the reason instead of a KeyError later."""
+    missing = [key for key in keys if key not in state and key != "format"]
+    if missing:
+        raise CheckpointError(
+            f"{source} is not a duatm training checkpoint: it has no {', '.join(missing)}"
+        )
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{source}: checkpoint format {state.get('format')!r}, this duatm reads format "
+            f"{CHECKPOINT_FORMAT}"
+        )
+
+
+def check_finite_weights(state_dict: Mapping[str, Any], source: str) -> None:
+    """Refuse weights with NaN or infinite values: every distance computed with them would be
+    NaN, and no ranking can be made of those."""
+    bad = [
+        key
+        for key, value in state_dict.items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{source} holds non-finite (NaN or infinite) weights in {_listing('tensor', bad)}; "
+            "the run that wrote it diverged: evaluate an earlier checkpoint"
+        )
 
 
 def load_model_state(model: nn.Module, state_dict: Mapping[str, Any], source: str) -> None:

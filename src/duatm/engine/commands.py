@@ -18,7 +18,12 @@ from duatm.config import ConfigError, config_from_dict, load_config
 from duatm.data.datasets import DatasetError
 from duatm.data.transforms import ImageReadError
 from duatm.engine.builders import build_test_loader, load_dataset
-from duatm.engine.checkpoint import LAST_CHECKPOINT, CheckpointError, load_checkpoint
+from duatm.engine.checkpoint import (
+    LAST_CHECKPOINT,
+    CheckpointError,
+    check_run_state,
+    load_checkpoint,
+)
 from duatm.engine.distributed import (
     SINGLE,
     DistContext,
@@ -27,10 +32,16 @@ from duatm.engine.distributed import (
     process_group,
     rank_device,
 )
-from duatm.engine.evaluator import evaluate, write_results
+from duatm.engine.evaluator import (
+    ResultsPathError,
+    check_results_path,
+    evaluate,
+    write_results,
+)
 from duatm.engine.trainer import Trainer, TrainingDiverged
+from duatm.errors import one_line_message
 from duatm.metrics import NoValidQueryError
-from duatm.metrics.report import format_rank_table
+from duatm.metrics.report import format_rank_report
 from duatm.models.backbones import PretrainedWeightsError
 
 USER_ERRORS = (
@@ -40,14 +51,21 @@ USER_ERRORS = (
     ImageReadError,
     NoValidQueryError,
     PretrainedWeightsError,
-    FileNotFoundError,
-    FileExistsError,
+    ResultsPathError,
+    OSError,
 )
-"""Failures a user can fix from the message alone: printed as one line, no traceback, exit 2."""
+"""Failures a user can fix from the message alone: printed as one line, no traceback, exit 2.
+OSError covers the file system's answers (no such file, permission, read-only, disk full, a
+loop of links, ...): each names its file."""
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 # Under torchrun: another process failed, was killed or stopped answering.
 EXIT_PEER_FAILED = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process stopped by Ctrl-C
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during a command, with what to do next as its message."""
 
 
 def add_overrides_argument(
@@ -110,8 +128,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.config is not None:
         cfg = load_config(args.config, _overrides(args))
     elif resume is not None:
-        saved = load_checkpoint(resume)["config"]
-        cfg = config_from_dict(saved, str(resume), _overrides(args))
+        saved = load_checkpoint(resume)
+        check_run_state(saved, str(resume))
+        cfg = config_from_dict(saved["config"], str(resume), _overrides(args))
     else:
         raise ConfigError("duatm train needs --config FILE (or --resume CHECKPOINT)")
     if args.resume == "auto":
@@ -124,10 +143,23 @@ def _train(args: argparse.Namespace) -> int:
             if ctx.is_main:
                 print(f"{cfg.out_dir}: already trained for {trainer.epoch} epochs; nothing to do")
             return 0
-        final = trainer.fit()
+        try:
+            final = trainer.fit()
+        except KeyboardInterrupt as err:
+            raise Interrupted(_resume_hint(Path(cfg.out_dir))) from err
     if final is not None and ctx.is_main:
-        print(f"\nfinal evaluation ({cfg.data.dataset}, {cfg.out_dir})\n{format_rank_table(final)}")
+        print(
+            f"\nfinal evaluation ({cfg.data.dataset}, {cfg.out_dir})\n{format_rank_report(final)}"
+        )
     return 0
+
+
+def _resume_hint(run_dir: Path) -> str:
+    """What to run after an interruption: resume from the last checkpoint, if there is one."""
+    last = run_dir / LAST_CHECKPOINT
+    if last.is_file():
+        return f"resume with: duatm train --resume {last}"
+    return f"no checkpoint was written in {run_dir} yet; start the run again"
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -170,6 +202,12 @@ def _evaluate_on(
     """`duatm evaluate` on this process's share (all of it in one process); rank 0 reports."""
     model = load(checkpoint, device=device, overrides=overrides)
     cfg = model.config
+    # Flip-augmented results get their own default file instead of replacing the plain ones.
+    default_suffix = ".flip.results.json" if cfg.eval.flip else ".results.json"
+    results = Path(args.results) if args.results else checkpoint.with_suffix(default_suffix)
+    # Refused now, not after an evaluation that may take an hour (on every rank, so that all
+    # of them stop).
+    check_results_path(results, not_over=[checkpoint])
     dataset = load_dataset(cfg, verbose=ctx.is_main)
     e = cfg.eval
     metrics, timings = evaluate(
@@ -182,6 +220,7 @@ def _evaluate_on(
         tile_mb=e.tile_mb,
         max_rank=e.max_rank,
         keep_same_camera=e.keep_same_camera,
+        distractor_pids=dataset.distractor_pids,
         progress=not args.no_progress,
         dist=ctx,
         stream_to=e.stream_to,
@@ -189,9 +228,9 @@ def _evaluate_on(
     )
     if not ctx.is_main:
         return 0
-    # Flip-augmented results get their own default file instead of replacing the plain ones.
-    default_suffix = ".flip.results.json" if e.flip else ".results.json"
-    results = Path(args.results) if args.results else checkpoint.with_suffix(default_suffix)
+    # Printed before writing, so the numbers are there even if the disk is full.
+    print(f"{checkpoint} (epoch {model.epoch}) on {cfg.data.root}")
+    print(format_rank_report(metrics))
     write_results(
         results,
         metrics,
@@ -202,8 +241,6 @@ def _evaluate_on(
         flip=e.flip,
         seconds=timings,
     )
-    print(f"{checkpoint} (epoch {model.epoch}) on {cfg.data.root}")
-    print(format_rank_table(metrics))
     print(f"results written to {results}")
     return 0
 
@@ -223,12 +260,16 @@ def run_guarded(command: str, body: Callable[[], int]) -> int:
     try:
         return body()
     except USER_ERRORS as err:
-        print(f"duatm {command}: error{where}: {_own_message(err)}", file=sys.stderr)
+        print(f"duatm {command}: error{where}: {one_line_message(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except TrainingDiverged as err:
         if launch.is_main:
             print(f"duatm {command}: stopped: {err}", file=sys.stderr)
         return EXIT_DIVERGED
+    except KeyboardInterrupt as err:
+        hint = f"; {err}" if isinstance(err, Interrupted) else ""
+        print(f"duatm {command}: interrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as err:
         if not (launch.enabled and is_peer_failure(err)):
             raise
@@ -240,15 +281,3 @@ def run_guarded(command: str, body: Callable[[], int]) -> int:
             file=sys.stderr,
         )
         return EXIT_PEER_FAILED
-
-
-def _own_message(err: BaseException) -> str:
-    """The error's own message. An error raised in a DataLoader worker comes back wrapped in the
-    worker's traceback ("Caught X in DataLoader worker process N. Original Traceback ..."); its
-    last line is the original ``module.X: message``, and the message is what the user needs."""
-    text = str(err)
-    if "Original Traceback" not in text:
-        return text
-    last = text.rstrip().splitlines()[-1]
-    prefix = f"{type(err).__module__}.{type(err).__qualname__}: "
-    return last.removeprefix(prefix)

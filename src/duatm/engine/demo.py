@@ -21,7 +21,7 @@ from duatm.config import DuATMConfig, load_config
 from duatm.data.datasets import Market1501
 from duatm.data.synthped import write_synthped
 from duatm.engine.checkpoint import latest_checkpoint
-from duatm.engine.commands import add_overrides_argument, run_guarded
+from duatm.engine.commands import Interrupted, add_overrides_argument, run_guarded
 from duatm.engine.evaluator import RESULTS_JSON
 from duatm.engine.trainer import Trainer
 
@@ -198,13 +198,16 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_demo_command(args: argparse.Namespace) -> int:
     def body() -> int:
-        run_demo(
-            args.out,
-            overrides=args.overrides,
-            seeds=args.seeds,
-            num_ids=args.ids,
-            progress=not args.no_progress,
-        )
+        try:
+            run_demo(
+                args.out,
+                overrides=args.overrides,
+                seeds=args.seeds,
+                num_ids=args.ids,
+                progress=not args.no_progress,
+            )
+        except KeyboardInterrupt as err:
+            raise Interrupted("run the same duatm demo command again to resume") from err
         return 0
 
     return run_guarded("demo", body)

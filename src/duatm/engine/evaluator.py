@@ -39,6 +39,8 @@ RESULTS_JSON = "results.json"
 _LOG = logging.getLogger(__name__)
 #: How many example pairs a warning about mislabelled copies names.
 _SHOW = 3
+#: A results JSON is a few kB (its CMC curve has max_rank entries); larger files are not ours.
+_RESULTS_MAX_BYTES = 1 << 20
 
 
 class ExtractedSequences(NamedTuple):
@@ -416,6 +418,57 @@ def _image_paths(dataset: object) -> list[str] | None:
     if not paths or None in paths:
         return None
     return [os.path.realpath(path) for path in paths]
+
+
+class ResultsPathError(ValueError):
+    """A results path that must not be written: a folder, a read-only place, or a file that
+    is not a duatm results file (a checkpoint, an image, a config, ...)."""
+
+
+def check_results_path(path: str | Path, *, not_over: Sequence[str | Path] = ()) -> Path:
+    """Refuse, before any evaluation runs, a results path that :func:`write_results` must not
+    write or could not write; returns it.
+
+    Refused: a folder; anything but a regular file; an existing file that is not a results JSON
+    written by duatm (an object with ``mAP`` and ``cmc``); a file or folder that is read-only;
+    a path under a file; and the files in ``not_over`` (the checkpoint being evaluated).
+    """
+    path = Path(path)
+    where = f"results path {path}"
+    if path.is_dir():
+        raise ResultsPathError(f"{where} is a folder; give a file name, e.g. {path / RESULTS_JSON}")
+    for other in not_over:
+        if Path(other).exists() and path.exists() and path.samefile(other):
+            raise ResultsPathError(f"{where} is {other} itself; results never replace it")
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise ResultsPathError(f"{where} exists and is not a regular file")
+        if not _is_results_file(path):
+            raise ResultsPathError(
+                f"{where} exists and is not a duatm results file; it is never overwritten: "
+                "choose another --results"
+            )
+        if not os.access(path, os.W_OK):
+            raise ResultsPathError(f"{where} is read-only")
+    folder = path.parent
+    while not folder.exists():  # the nearest folder that exists is where files get created
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ResultsPathError(f"{where} is under {folder}, which is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ResultsPathError(f"{where}: the folder {folder} is read-only")
+    return path
+
+
+def _is_results_file(path: Path) -> bool:
+    """Whether ``path`` holds what :func:`write_results` writes (read only if it is small)."""
+    if path.stat().st_size > _RESULTS_MAX_BYTES:
+        return False
+    try:
+        payload = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(payload, dict) and {"mAP", "cmc"} <= payload.keys()
 
 
 def write_results(path: str | Path, metrics: RankMetrics, **extra: Any) -> Path:

@@ -37,8 +37,10 @@ from duatm.engine.builders import (
     load_dataset,
 )
 from duatm.engine.checkpoint import (
+    CHECKPOINT_FORMAT,
     CheckpointError,
     capture_rng_state,
+    check_run_state,
     load_checkpoint,
     load_model_state,
     restore_rng_state,
@@ -83,8 +85,6 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 CONFIG_YAML = "config.yaml"
-# Bumped when the checkpoint layout changes, so old files get a clear error, not a KeyError.
-CHECKPOINT_FORMAT = 1
 # Checkpoint keys the trainer itself owns; a hook's state_key must be none of them.
 _CORE_KEYS = frozenset(
     {
@@ -409,11 +409,7 @@ class Trainer:
         )
 
     def _restore(self, state: dict[str, Any], source: str) -> None:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(
-                f"{source}: checkpoint format {state.get('format')!r}, this duatm reads format "
-                f"{CHECKPOINT_FORMAT}"
-            )
+        check_run_state(state, source, keys=tuple(sorted(_CORE_KEYS)))
         if state["num_classes"] != self.dataset.num_train_pids:
             raise CheckpointError(
                 f"{source} was trained on {state['num_classes']} identities; the dataset at "
