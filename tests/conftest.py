@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,41 @@ def checkpoint_of_mode(tiny_synthped: Path, tmp_path_factory: pytest.TempPathFac
         return path
 
     return make
+
+
+# A training run of seconds on tiny_synthped: two 2-iteration epochs by default.
+TINY_TRAIN = [
+    *TINY_MODEL,
+    "data.num_identities=3",
+    "data.num_instances=2",
+    "data.pad=2",
+    "schedule.epochs=2",
+    "schedule.freeze_backbone_epochs=0",
+    "schedule.iters_per_epoch=2",
+    "eval.every=1",
+    "eval.max_rank=5",
+    "log_every=1",
+]
+
+
+@pytest.fixture(scope="session")
+def train_argv(tiny_synthped: Path) -> Callable[..., list[str]]:
+    """``duatm train`` arguments of a tiny run into ``out``, with ``extra`` overrides."""
+
+    def argv(out: Path, *extra: str, options: Sequence[str] = ()) -> list[str]:
+        return [
+            "train",
+            "--config",
+            "synthped",
+            "--data-root",
+            str(tiny_synthped),
+            "--out",
+            str(out),
+            "--no-progress",
+            *options,
+            "--set",
+            *TINY_TRAIN,
+            *extra,
+        ]
+
+    return argv

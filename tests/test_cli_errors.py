@@ -12,7 +12,7 @@ import errno
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -21,41 +21,15 @@ from PIL import Image
 
 import duatm.atomic
 from duatm.cli import main
-from duatm.data.synthped import write_synthped
 from duatm.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint, save_checkpoint
-
-TINY = [
-    "model.backbone=densenet_tiny",
-    "model.pretrained=null",
-    "model.dim=16",
-    "model.drop_last_pool=true",
-    "data.height=32",
-    "data.width=16",
-    "data.num_identities=3",
-    "data.num_instances=2",
-    "data.num_workers=0",
-    "data.pad=2",
-    "schedule.epochs=1",
-    "schedule.freeze_backbone_epochs=0",
-    "schedule.iters_per_epoch=2",
-    "eval.max_rank=5",
-    "log_every=1",
-    "device=cpu",
-]
+from duatm.engine.run_folder import RunFolderLock
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cli-errors") / "synthped"
-    return write_synthped(root, num_ids=8, num_cameras=2, height=32, width=16)
-
-
-@pytest.fixture(scope="module")
-def trained(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(train_argv: Callable[..., list[str]], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """last.pt of a one-epoch run on the tiny SynthPed."""
     out = tmp_path_factory.mktemp("cli-errors-run") / "run"
-    argv = ["train", "--config", "synthped", "--data-root", str(data_root), "--out", str(out)]
-    assert main([*argv, "--no-progress", "--set", *TINY]) == 0
+    assert main(train_argv(out, "schedule.epochs=1")) == 0
     return out / LAST_CHECKPOINT
 
 
@@ -68,21 +42,11 @@ class Env:
     data_root: Path
     checkpoint: Path
     monkeypatch: pytest.MonkeyPatch
+    train_argv: Callable[..., list[str]]
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
-    def train(self, *extra: str, out: str = "run") -> list[str]:
-        return [
-            "train",
-            "--config",
-            "synthped",
-            "--data-root",
-            str(self.data_root),
-            "--out",
-            str(self.tmp / out),
-            "--no-progress",
-            "--set",
-            *TINY,
-            *extra,
-        ]
+    def train(self, *extra: str, out: str = "run", options: tuple[str, ...] = ()) -> list[str]:
+        return self.train_argv(self.tmp / out, "schedule.epochs=1", *extra, options=options)
 
     def evaluate(self, checkpoint: Path | None = None, *extra: str) -> list[str]:
         return [
@@ -231,6 +195,35 @@ def disk_full_while_saving_a_checkpoint(env: Env) -> tuple[list[str], list[str]]
     return env.train(), [f"{env.tmp / 'run'}/", ".pt: No space left on device"]
 
 
+@case
+def run_folder_written_by_another_process(env: Env) -> tuple[list[str], list[str]]:
+    lock = RunFolderLock(env.tmp / "run")
+    lock.acquire()  # a second lock on the file, as another process would hold it
+    env.cleanups.append(lock.release)
+    return env.train(), [str(env.tmp / "run"), f"another duatm process (pid {os.getpid()})"]
+
+
+@case
+def run_folder_holds_a_run(env: Env) -> tuple[list[str], list[str]]:
+    shutil.copytree(env.checkpoint.parent, env.tmp / "run")
+    return env.train(), [str(env.tmp / "run"), "is not empty", "--resume", "--overwrite"]
+
+
+@case
+def run_folder_holds_other_files(env: Env) -> tuple[list[str], list[str]]:
+    (env.tmp / "run").mkdir()
+    (env.tmp / "run" / "thesis.tex").write_text("months of work")
+    return env.train(), [str(env.tmp / "run"), "thesis.tex", "--overwrite"]
+
+
+@case
+def resume_from_best_would_replace_last(env: Env) -> tuple[list[str], list[str]]:
+    run = env.tmp / "run"
+    shutil.copytree(env.checkpoint.parent, run)
+    argv = ["train", "--resume", str(run / "best.pt"), "--out", str(run), "--no-progress"]
+    return argv, [str(run), "continuing from", "best.pt would replace it", "--overwrite"]
+
+
 # -- checkpoints --------------------------------------------------------------------------------
 
 
@@ -261,13 +254,13 @@ def checkpoint_malicious(env: Env) -> tuple[list[str], list[str]]:
 @case
 def checkpoint_without_config(env: Env) -> tuple[list[str], list[str]]:
     path = env.checkpoint_copy(config=None)
-    return env.evaluate(path), [str(path), "lacks 'config'"]
+    return env.evaluate(path), [str(path), "it has no config"]
 
 
 @case
 def checkpoint_without_config_on_resume(env: Env) -> tuple[list[str], list[str]]:
     path = env.checkpoint_copy(config=None)
-    return ["train", "--resume", str(path)], [str(path), "lacks 'config'"]
+    return ["train", "--resume", str(path)], [str(path), "it has no config"]
 
 
 @case
@@ -391,16 +384,22 @@ def snapshot(*roots: Path) -> dict[Path, bytes]:
 def test_bad_input_is_one_line_exit_2_and_changes_no_file(
     name: str,
     tmp_path: Path,
-    data_root: Path,
+    tiny_synthped: Path,
     trained: Path,
+    train_argv: Callable[..., list[str]],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    env = Env(tmp_path, data_root, trained, monkeypatch)
+    data_root = tiny_synthped
+    env = Env(tmp_path, data_root, trained, monkeypatch, train_argv)
     argv, expected = CASES[name](env)
     before = snapshot(tmp_path, data_root, trained.parent)
     capsys.readouterr()
-    status = main(argv)  # an exception here is a traceback for the user
+    try:
+        status = main(argv)  # an exception here is a traceback for the user
+    finally:
+        for cleanup in env.cleanups:
+            cleanup()
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()
     assert status == 2, err

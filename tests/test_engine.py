@@ -104,7 +104,8 @@ def test_resumed_run_ends_with_the_same_weights(
     # Epoch 3 runs and is logged, then is lost: the run resumes from the epoch-2 checkpoint.
     first.fit()
 
-    resumed = Trainer(cfg, dataset=dataset, resume_from=after_two, progress=False)
+    # Continuing from the epoch-2 copy replaces the folder's later last.pt: asked for explicitly.
+    resumed = Trainer(cfg, dataset=dataset, resume_from=after_two, overwrite=True, progress=False)
     assert resumed.epoch == 2 and resumed.step == step_after_two
     resumed_metrics = resumed.fit()
     assert resumed_metrics is not None

@@ -9,8 +9,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +23,25 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import TINY_TRAIN
 from duatm.cli import main
+from duatm.config import load_config
 from duatm.data.datasets import ImageFolderDataset, Market1501
 from duatm.data.datasets.base import list_folder
 from duatm.data.records import ImageRecord
 from duatm.data.synthped import MANIFEST_NAME, write_synthped
 from duatm.data.synthped_video import write_video_synthped
 from duatm.data.transforms import read_image
-from duatm.engine.checkpoint import CheckpointError, blocked_globals, load_checkpoint
+from duatm.engine.checkpoint import (
+    LAST_CHECKPOINT,
+    CheckpointError,
+    blocked_globals,
+    load_checkpoint,
+)
 from duatm.engine.evaluator import byte_identical_copies, find_own_images
+from duatm.engine.hooks import Hook
+from duatm.engine.run_folder import RUN_FILES, RunFolderError, RunFolderLock, clear_run_files
+from duatm.engine.trainer import Trainer
 from duatm.metrics import (
     NoValidQueryError,
     SkippedQueries,
@@ -470,3 +485,197 @@ def test_case4_synth_overwrite_refuses_when_it_cannot_tell_whose_files_are_whose
         write_synthped(out, seed=3, overwrite=True, **SYNTH)
     assert tree_bytes(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]
+
+
+# -- case 1: one writer per run folder, with an OS lock that a crash releases -------------------
+
+_HOLD_LOCK = """
+import sys, time
+from duatm.engine.run_folder import RunFolderLock
+lock = RunFolderLock(sys.argv[1])
+lock.acquire()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_case1_second_writer_stops_at_once_naming_the_holder_and_a_crash_frees_the_folder(
+    tmp_path: Path, train_argv: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(run)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        capsys.readouterr()
+        assert main(train_argv(run)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [
+            f"duatm train: error: {run} is being written by another duatm process "
+            f"(pid {holder.pid}); wait for it to finish, or give this run another --out"
+        ]
+        assert sorted(p.name for p in run.iterdir()) == [".duatm.lock"]  # nothing written
+    finally:
+        holder.kill()  # SIGKILL: the holder cannot clean up; the kernel drops its lock
+        holder.wait()
+    assert (run / ".duatm.lock").read_text() == f"{holder.pid}\n"  # the stale lock file stays
+    assert main(train_argv(run)) == 0  # ... and blocks nothing
+    assert (run / LAST_CHECKPOINT).is_file()
+
+
+def test_case1_lock_is_held_during_fit_and_released_after(
+    tmp_path: Path, tiny_synthped: Path
+) -> None:
+    cfg = load_config(None, [*TINY_TRAIN, f"data.root={tiny_synthped}", f"out_dir={tmp_path}"])
+    seen = []
+
+    class Probe(Hook):
+        def after_epoch(self, trainer: Trainer) -> None:
+            with pytest.raises(RunFolderError, match=f"pid {os.getpid()}"):
+                RunFolderLock(tmp_path).acquire()
+            seen.append(trainer.epoch)
+
+    trainer = Trainer(cfg, progress=False)
+    trainer.hooks.append(Probe())
+    trainer.fit()
+    assert seen == [1, 2]
+    with RunFolderLock(tmp_path):  # free again
+        pass
+
+
+# -- case 2: a run folder that holds a run is refused without --resume / --overwrite -----------
+
+
+def test_case2_train_refuses_a_folder_with_a_run_and_overwrite_deletes_only_run_files(
+    tmp_path: Path, train_argv: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert main(train_argv(run)) == 0
+    (run / "notes.txt").write_text("mine")
+    assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--no-progress"]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert {"best.pt", "last.pt", "metrics.jsonl", "best.results.json"} <= before.keys()
+    capsys.readouterr()
+
+    assert main(train_argv(run, "seed=1")) == 2
+    err = capsys.readouterr().err
+    assert f"duatm train: error: {run} is not empty (" in err
+    assert "pass --resume to continue it, --overwrite to delete its run files" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+    assert main(train_argv(run, "seed=1", options=["--overwrite"])) == 0
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert after["notes.txt"] == b"mine"  # not a run file: kept
+    assert "best.results.json" not in after  # an evaluation of the deleted best.pt
+    assert load_checkpoint(run / LAST_CHECKPOINT)["config"]["seed"] == 1
+    records = [json.loads(line) for line in after["metrics.jsonl"].splitlines()]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]  # one run's log
+
+
+def test_case2_overwrite_deletes_the_run_files_it_knows(tmp_path: Path) -> None:
+    names = [*RUN_FILES, "last.results.json", "best.flip.results.json", ".last.pt.x1y2.tmp"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    (tmp_path / "tensorboard").unlink()
+    (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "tensorboard" / "events").write_text("x")
+    keep = ["notes.txt", "last.pt.bak", "results.json.old", ".duatm.lock"]
+    for name in keep:
+        (tmp_path / name).write_text("y")
+    assert sorted(clear_run_files(tmp_path)) == sorted(names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+
+
+# -- case 5: resuming from best.pt does not replace a later last.pt unasked --------------------
+
+
+def test_case5_resume_from_best_is_refused_then_allowed_with_overwrite(
+    tmp_path: Path, train_argv: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    # Evaluated after epoch 1 only: best.pt is epoch 1, last.pt epoch 2.
+    assert main(train_argv(run, "eval.every=0", "schedule.epochs=1")) == 0
+    assert main(train_argv(run, "eval.every=0", options=["--resume"])) == 0
+    assert load_checkpoint(run / "best.pt")["epoch"] == 1
+    last = (run / LAST_CHECKPOINT).read_bytes()
+    capsys.readouterr()
+
+    def resume_best(*options: str) -> list[str]:
+        # best.pt's config says 1 epoch: ask for the second again.
+        best = str(run / "best.pt")
+        return ["train", "--resume", best, "--no-progress", *options, "--set", "schedule.epochs=2"]
+
+    assert main(resume_best()) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"duatm train: error: {run} has its own last.pt; continuing from {run / 'best.pt'} "
+        f"would replace it: resume {run / LAST_CHECKPOINT} instead, pass --overwrite to replace "
+        "it, or give the continued run another --out"
+    ]
+    assert (run / LAST_CHECKPOINT).read_bytes() == last
+    # Into a new folder it is fine, and so it is here when asked for.
+    assert main(resume_best("--out", str(tmp_path / "from-best"))) == 0
+    assert load_checkpoint(tmp_path / "from-best" / LAST_CHECKPOINT)["epoch"] == 2
+    assert main(resume_best("--overwrite")) == 0
+    assert load_checkpoint(run / LAST_CHECKPOINT)["epoch"] == 2
+
+
+# -- case 12: the protocol's preconditions are checked before training -------------------------
+
+
+def test_case12_single_camera_data_is_refused_before_any_training(
+    tmp_path: Path, train_argv: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "own"
+    for split, ids in (("train", "abc"), ("query", "de"), ("gallery", "de")):
+        for ident in ids:
+            for k in range(2):
+                write_image(root / split / ident / f"c1_{k}.jpg", (9 * k, ord(ident), 50))
+    run = tmp_path / "run"
+    argv = train_argv(run, "data.dataset=imagefolder")
+    argv[argv.index("--data-root") + 1] = str(root)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no query has a true match left in the gallery" in err
+    assert "--set eval.keep_same_camera=true" in err
+    assert not run.exists()  # nothing trained, nothing written
+    assert main([*argv, "eval.keep_same_camera=true"]) == 0  # and the way out works
+
+
+# -- case 7: Ctrl-C (SIGINT) ends with exit 130 and how to resume, no traceback ----------------
+
+
+@pytest.mark.slow
+def test_case7_sigint_exits_130_with_how_to_resume(
+    tmp_path: Path, train_argv: Callable[..., list[str]]
+) -> None:
+    run = tmp_path / "run"
+    argv = train_argv(run, "schedule.epochs=500", "eval.every=0")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "duatm.cli", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / LAST_CHECKPOINT).is_file():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert err.strip().splitlines() == [
+        f"duatm train: interrupted; resume with: duatm train --resume {run / LAST_CHECKPOINT}"
+    ]
+    done = load_checkpoint(run / LAST_CHECKPOINT)["epoch"]
+    resume = ["train", "--resume", str(run / LAST_CHECKPOINT), "--no-progress"]
+    assert main([*resume, "--set", f"schedule.epochs={done + 1}"]) == 0
+    assert load_checkpoint(run / LAST_CHECKPOINT)["epoch"] == done + 1

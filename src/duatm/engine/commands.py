@@ -38,6 +38,7 @@ from duatm.engine.evaluator import (
     evaluate,
     write_results,
 )
+from duatm.engine.run_folder import RunFolderError
 from duatm.engine.trainer import Trainer, TrainingDiverged
 from duatm.errors import one_line_message
 from duatm.metrics import NoValidQueryError
@@ -52,6 +53,7 @@ USER_ERRORS = (
     NoValidQueryError,
     PretrainedWeightsError,
     ResultsPathError,
+    RunFolderError,
     OSError,
 )
 """Failures a user can fix from the message alone: printed as one line, no traceback, exit 2.
@@ -112,6 +114,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CHECKPOINT",
         help="continue a run: from CHECKPOINT, or (no value) from last.pt in the run folder",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in a run folder that holds a run: delete its run files (config, "
+        "checkpoints, metrics, curves, results; nothing else); with --resume CHECKPOINT, let "
+        "the continued run replace the folder's last.pt",
+    )
     _add_common(parser)
     parser.set_defaults(handler=run_train)
 
@@ -138,7 +147,9 @@ def _train(args: argparse.Namespace) -> int:
         if not resume.is_file():
             raise FileNotFoundError(f"--resume: no {LAST_CHECKPOINT} in {cfg.out_dir} to resume")
     with process_group(cfg.device, cfg.distributed.timeout_s) as ctx:
-        trainer = Trainer(cfg, resume_from=resume, progress=not args.no_progress)
+        trainer = Trainer(
+            cfg, resume_from=resume, overwrite=args.overwrite, progress=not args.no_progress
+        )
         if trainer.epoch >= cfg.schedule.epochs:
             if ctx.is_main:
                 print(f"{cfg.out_dir}: already trained for {trainer.epoch} epochs; nothing to do")

@@ -98,7 +98,11 @@ def _train_one(label: str, cfg: DuATMConfig, dataset: Market1501, progress: bool
     resume = latest_checkpoint(run_dir)
     if resume is not None:
         print(f"resuming from {resume}")
-    trainer = Trainer(cfg, dataset=dataset, resume_from=resume, progress=progress)
+    # A run that never saved a checkpoint (stopped in its first epoch) starts again: the demo
+    # owns these folders.
+    trainer = Trainer(
+        cfg, dataset=dataset, resume_from=resume, overwrite=resume is None, progress=progress
+    )
     trainer.fit()
     results = json.loads((run_dir / RESULTS_JSON).read_text())
     return DemoRow(

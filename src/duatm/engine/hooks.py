@@ -35,7 +35,7 @@ from duatm.engine.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, save_check
 from duatm.engine.evaluator import RESULTS_JSON, write_results
 from duatm.engine.metrics_log import METRICS_JSONL, plot_metrics
 from duatm.metrics import RankMetrics
-from duatm.metrics.report import format_rank_table, rank_metrics_to_dict
+from duatm.metrics.report import format_rank_report, rank_metrics_to_dict
 
 if TYPE_CHECKING:
     from duatm.engine.trainer import Trainer
@@ -262,7 +262,7 @@ class Evaluation(Hook):
         record = {**summary, **extra}
         trainer.log(self.kind, record)
         if trainer.is_main:
-            tqdm.write(f"epoch {trainer.epoch}: {self.title}\n{format_rank_table(metrics)}")
+            tqdm.write(f"epoch {trainer.epoch}: {self.title}\n{format_rank_report(metrics)}")
         self.latest = EvalOutcome(metrics, record, trainer.epoch)
 
 

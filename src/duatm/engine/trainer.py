@@ -52,7 +52,7 @@ from duatm.engine.distributed import (
     mean_over_ranks,
     rank_device,
 )
-from duatm.engine.evaluator import evaluate
+from duatm.engine.evaluator import check_protocol, evaluate
 from duatm.engine.hooks import (
     CURVES_PNG,
     BackboneFreeze,
@@ -68,6 +68,7 @@ from duatm.engine.hooks import (
 )
 from duatm.engine.metrics_log import MetricsLogger
 from duatm.engine.progress import Progress
+from duatm.engine.run_folder import check_run_folder, locked_run_folder, probe_lock
 from duatm.engine.seed import seed_epoch, seed_everything
 from duatm.losses import DuATMLoss, LossOutput
 from duatm.metrics import RankMetrics
@@ -141,10 +142,19 @@ class Trainer:
     to change what a run does around the loop. ``evaluation`` is the test-split evaluation hook
     whose final outcome `fit` returns.
 
+    The run folder is written by one process at a time (a lock held during `fit`), and a run
+    never replaces another's files unasked: a folder that holds files is refused unless the
+    run continues its own ``last.pt`` or ``overwrite`` is given (`duatm.engine.run_folder`).
+    Whether the protocol can evaluate the query/gallery split is checked here, before any
+    training.
+
     Args:
         cfg: a checked run config.
         dataset: the dataset to use instead of loading ``cfg.data`` (tests, the demo).
         resume_from: a checkpoint written by a Trainer; training continues after its epoch.
+        overwrite: start afresh in a run folder that holds a run (its run files are deleted
+            when `fit` starts), or continue from a checkpoint that replaces the folder's
+            ``last.pt``.
         progress: show progress bars.
     """
 
@@ -154,15 +164,22 @@ class Trainer:
         *,
         dataset: ReIDDataset[Any] | None = None,
         resume_from: str | Path | None = None,
+        overwrite: bool = False,
         progress: bool = True,
     ) -> None:
         self.cfg = cfg
         self.progress = progress
         # Set by torchrun (`duatm.engine.distributed.process_group`); one process otherwise.
         self.dist = current()
+        self.run_dir = Path(cfg.out_dir)
+        self.overwrite = overwrite
+        self._resume_path = None if resume_from is None else Path(resume_from)
+        self._folder_checked = False  # the first `fit` checks the folder under its lock
+        if self.is_main:  # fail before the slow start-up; `fit` checks again, locked
+            probe_lock(self.run_dir)
+            check_run_folder(self.run_dir, resume_from=resume_from, overwrite=overwrite)
         self.device = rank_device(cfg.device, self.dist)
         seed_everything(cfg.seed, cfg.deterministic)
-        self.run_dir = Path(cfg.out_dir)
         self.dataset = (
             dataset if dataset is not None else load_dataset(cfg, verbose=self.dist.is_main)
         )
@@ -193,6 +210,14 @@ class Trainer:
         )
         self.query_loader = build_test_loader(cfg, self.dataset.query)
         self.gallery_loader = build_test_loader(cfg, self.dataset.gallery)
+        # Data the protocol cannot evaluate (one camera, disjoint identities) fails now, not
+        # after the first epochs; the query images found in the gallery are kept for later.
+        self.own_images = check_protocol(
+            self.query_loader.dataset,
+            self.gallery_loader.dataset,
+            keep_same_camera=cfg.eval.keep_same_camera,
+            distractor_pids=self.dataset.distractor_pids,
+        )
         self.amp = cfg.amp and self.device.type == "cuda"
         # float16 autocast needs loss scaling; bfloat16 (chosen where supported) does not.
         self.scaler = torch.amp.GradScaler(
@@ -307,20 +332,26 @@ class Trainer:
 
     @contextlib.contextmanager
     def _run_folder(self) -> Iterator[None]:
-        """The run folder, open for writing during `fit` (main process only): config.yaml and
-        the metric logs. Records logged after this run's step are dropped: they describe work
-        lost with a crash, about to be redone."""
+        """The run folder, locked and open for writing during `fit` (main process only):
+        config.yaml and the metric logs. Records logged after this run's step are dropped: they
+        describe work lost with a crash, about to be redone."""
         if not self.is_main:
             yield
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, self.run_dir / CONFIG_YAML)
-        with MetricsLogger(self.run_dir, keep_until_step=self.step) as logger:
-            self.logger = logger
-            try:
-                yield
-            finally:
-                self.logger = None
+        with locked_run_folder(
+            self.run_dir,
+            resume_from=self._resume_path,
+            overwrite=self.overwrite,
+            check=not self._folder_checked,
+        ):
+            self._folder_checked = True
+            save_config(self.cfg, self.run_dir / CONFIG_YAML)
+            with MetricsLogger(self.run_dir, keep_until_step=self.step) as logger:
+                self.logger = logger
+                try:
+                    yield
+                finally:
+                    self.logger = None
 
     def _train_epoch(self) -> None:
         epoch, cfg = self.epoch, self.cfg
@@ -402,6 +433,8 @@ class Trainer:
             tile_mb=e.tile_mb,
             max_rank=e.max_rank,
             keep_same_camera=e.keep_same_camera,
+            distractor_pids=self.dataset.distractor_pids,
+            own_images=self.own_images,
             progress=self.progress and self.is_main,
             dist=self.dist,
             stream_to=e.stream_to,
