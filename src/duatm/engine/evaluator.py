@@ -391,7 +391,9 @@ def check_protocol(
     evaluated (single-camera data without ``eval.keep_same_camera``, disjoint identities, ...);
     returns the own-image table for the evaluations to come."""
     own = find_own_images(query_set, gallery_set)
-    query, gallery = _records(query_set) or [], _records(gallery_set) or []
+    query, gallery = _records(query_set), _records(gallery_set)
+    if not query or not gallery:  # nothing to check here (an empty split fails on its own)
+        return own
     check_valid_queries(
         [r.pid for r in query],
         [r.pid for r in gallery],

@@ -54,15 +54,15 @@ class DukeMTMCVidReID(VideoReIDDataset):
     def parse_split(self, split: str) -> tuple[list[TrackletRecord], list[str]]:
         """Tracklets of one split in sorted (identity, tracklet) order, and skipped entries."""
         folder = self.root / split
-        stray, identities = list_folder(folder)
-        skipped = list(stray)
+        stray, identities, unusable = list_folder(folder)
+        skipped = [*stray, *unusable]
         records: list[TrackletRecord] = []
         for identity in identities:
             if not identity.isdigit():
                 skipped.append(f"{identity}/")
                 continue
-            files, tracklets = list_folder(folder / identity)
-            skipped += [f"{identity}/{name}" for name in files]
+            files, tracklets, unusable = list_folder(folder / identity)
+            skipped += [f"{identity}/{name}" for name in (*files, *unusable)]
             for tracklet in tracklets:
                 records.append(self.tracklet(folder / identity / tracklet, int(identity)))
                 skipped += [

@@ -43,6 +43,7 @@ class MARS(VideoReIDDataset):
     """
 
     name = "mars"
+    distractor_pids = frozenset({0})
     layout = ("bbox_train/", "bbox_test/", "info/")
     official_dirs = ("mars", "MARS")
     download = (

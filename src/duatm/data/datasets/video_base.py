@@ -75,11 +75,13 @@ def frame_length_note(splits: Sequence[tuple[str, Sequence[TrackletRecord]]]) ->
 
 
 def list_frames(folder: Path) -> tuple[list[str], list[str]]:
-    """Image file names of a tracklet folder in sorted (temporal) order, and the other entries."""
-    files, subfolders = list_folder(folder)
+    """Image file names of a tracklet folder in sorted (temporal) order, and the other entries
+    (entries that are not regular files, e.g. a FIFO named like a frame, among them: never
+    read)."""
+    files, subfolders, unusable = list_folder(folder)
     frames = [name for name in files if is_image_name(name)]
     others = [name for name in files if not is_image_name(name)] + [f"{s}/" for s in subfolders]
-    return frames, others
+    return frames, others + unusable
 
 
 def load_mat_variable(path: Path, variable: str) -> np.ndarray:
