@@ -6,9 +6,12 @@ bad inputs (exit code, one line, files untouched) is tests/test_cli_errors.py.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +26,7 @@ import pytest
 import torch
 from PIL import Image
 
+import duatm
 from conftest import TINY_TRAIN
 from duatm.cli import main
 from duatm.config import load_config
@@ -37,6 +41,7 @@ from duatm.engine.checkpoint import (
     CheckpointError,
     blocked_globals,
     load_checkpoint,
+    save_checkpoint,
 )
 from duatm.engine.evaluator import byte_identical_copies, find_own_images
 from duatm.engine.hooks import Hook
@@ -679,3 +684,93 @@ def test_case7_sigint_exits_130_with_how_to_resume(
     resume = ["train", "--resume", str(run / LAST_CHECKPOINT), "--no-progress"]
     assert main([*resume, "--set", f"schedule.epochs={done + 1}"]) == 0
     assert load_checkpoint(run / LAST_CHECKPOINT)["epoch"] == done + 1
+
+
+# -- case 3: results never overwrite a checkpoint; refused before evaluating; always printed ----
+
+
+@pytest.fixture
+def trained_run(tmp_path: Path, train_argv: Callable[..., list[str]]) -> Path:
+    run = tmp_path / "run"
+    assert main(train_argv(run, "schedule.epochs=1")) == 0
+    return run
+
+
+def test_case3_results_over_the_checkpoint_are_refused_before_evaluating(
+    trained_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    last = trained_run / LAST_CHECKPOINT
+    saved = last.read_bytes()
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the evaluation ran before the results path was checked")
+
+    monkeypatch.setattr("duatm.engine.commands.evaluate", must_not_run)
+    capsys.readouterr()
+    evaluate = ["evaluate", "--checkpoint", str(last), "--no-progress", "--results"]
+    for target in (last, trained_run):
+        assert main([*evaluate, str(target)]) == 2
+        assert capsys.readouterr().err.startswith(f"duatm evaluate: error: results path {target}")
+    assert last.read_bytes() == saved
+
+
+def test_case3_metrics_are_printed_even_when_the_results_cannot_be_written(
+    trained_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("duatm.atomic.os.fsync", disk_full)
+    results = trained_run / "r.json"
+    capsys.readouterr()
+    argv = ["evaluate", "--checkpoint", str(trained_run / LAST_CHECKPOINT), "--no-progress"]
+    assert main([*argv, "--results", str(results)]) == 2
+    out, err = capsys.readouterr()
+    assert "R1" in out and "mAP" in out  # the numbers were printed first
+    assert err == f"duatm evaluate: error: {results}: No space left on device\n"
+    assert not results.exists() and not list(trained_run.glob(".r.json.*"))
+
+
+# -- cases 10 and 13 through the command line: skipped queries are printed with their reason --
+
+
+def test_case10_13_evaluate_prints_skipped_distractor_and_absent_queries(
+    trained_run: Path, tiny_synthped: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = trained_run.parent / "data"
+    shutil.copytree(tiny_synthped, data)
+    query = sorted((data / "query").iterdir())[0]
+    shutil.copy(query, data / "query" / "0000_c1s1_999999_00.jpg")  # a distractor query
+    shutil.copy(query, data / "query" / "0099_c1s1_999999_00.jpg")  # an identity not in the gallery
+    capsys.readouterr()
+    argv = ["evaluate", "--checkpoint", str(trained_run / LAST_CHECKPOINT), "--no-progress"]
+    assert main([*argv, "--data-root", str(data), "--results", str(trained_run / "r.json")]) == 0
+    out = capsys.readouterr().out
+    num_queries = len(list((data / "query").iterdir()))
+    assert (
+        f"skipped 2 of {num_queries} queries: 1 whose identity is a distractor (not one "
+        "person); 1 whose identity is not in the gallery"
+    ) in out
+    saved = json.loads((trained_run / "r.json").read_text())
+    assert (saved["skipped_distractor"], saved["skipped_absent"]) == (1, 1)
+    assert saved["num_valid_queries"] == num_queries - 2
+
+
+# -- case 14: evaluate refuses a checkpoint format it does not know, as --resume does ---------
+
+
+def test_case14_unknown_checkpoint_format_is_refused_by_evaluate_load_and_resume(
+    trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = load_checkpoint(trained_run / LAST_CHECKPOINT)
+    state["format"] = 2
+    future = trained_run.parent / "future.pt"
+    save_checkpoint(future, state)
+    expected = f"{future}: checkpoint format 2, this duatm reads format 1"
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(future), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"duatm evaluate: error: {expected}\n"
+    assert main(["train", "--resume", str(future), "--out", str(trained_run.parent / "x")]) == 2
+    assert capsys.readouterr().err == f"duatm train: error: {expected}\n"
+    with pytest.raises(CheckpointError, match=re.escape(expected)):
+        duatm.load(future)
