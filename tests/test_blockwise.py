@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from duatm.config import load_config
+from duatm.data.datasets import Market1501
+from duatm.data.synthped import write_synthped
 from duatm.engine.blockwise import DistanceBlocks, block_width, blockwise_rank_metrics
+from duatm.engine.builders import build_model, build_test_loader
 from duatm.engine.distributed import SINGLE, DistContext, mean_over_ranks
+from duatm.engine.evaluator import evaluate
 from duatm.metrics import rank_metrics
 from duatm.models.matching import DualAttentionMatcher
 
@@ -89,3 +94,37 @@ def test_one_process_mean_over_ranks_is_the_values_themselves() -> None:
     means, per_rank = mean_over_ranks(values, SINGLE)
     assert means["total"] == values["total"] and np.isnan(means["triplet"])
     assert len(per_rank) == 1
+
+
+def test_evaluate_streams_to_disk_with_the_same_metrics(tmp_path: Path) -> None:
+    root = write_synthped(tmp_path / "data", num_ids=8, num_cameras=2, height=32, width=16)
+    cfg = load_config(
+        None,
+        [
+            "model.backbone=densenet_tiny",
+            "model.pretrained=null",
+            "model.dim=16",
+            "model.drop_last_pool=true",
+            "data.height=32",
+            "data.width=16",
+            "data.num_workers=0",
+            f"data.root={root}",
+        ],
+    )
+    dataset = Market1501(root, verbose=False)
+    torch.manual_seed(0)
+    model = build_model(cfg, dataset.num_train_pids)
+    loaders = build_test_loader(cfg, dataset.query), build_test_loader(cfg, dataset.gallery)
+    whole, _ = evaluate(model, *loaders, torch.device("cpu"), max_rank=5, progress=False)
+    streamed, seconds = evaluate(
+        model,
+        *loaders,
+        torch.device("cpu"),
+        max_rank=5,
+        progress=False,
+        stream_to=tmp_path / "scratch",
+        block_mb=1,
+    )
+    assert (streamed.cmc == whole.cmc).all() and streamed.mAP == whole.mAP
+    assert set(seconds) == {"extract_s", "match_s", "rank_s"}
+    assert list((tmp_path / "scratch").iterdir()) == []
