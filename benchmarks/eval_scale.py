@@ -18,9 +18,12 @@ Contenders, each in fresh processes (so that a process's peak RSS is its own):
                 share of the matrix in memory;
 * ``stream@W``  W ranks, each writing its blocks to ``--stream-to`` and ranking from there.
 
-Peak RSS is the process's high-water mark (ru_maxrss), PyTorch's own ~0.3 GiB included; "data"
-is the RSS once the sequences exist, before evaluating. Threads per rank default to the cores
-divided by the ranks, so every contender uses the same cores.
+Memory per rank: the process's peak RSS (its high-water mark, PyTorch's own ~0.8 GiB and the
+rank's sequences included) and the evaluation's own growth over the RSS before it
+(`timing.ResidentMemory`). Threads per rank default to the cores divided by the ranks, so every
+contender uses the same cores. On a loaded machine one process with two threads can be several
+times slower than two processes with one thread each (OpenMP threads that wait for a
+descheduled sibling), so compare times on a quiet machine.
 
     python benchmarks/eval_scale.py --queries 2000 --gallery 50000 --seq-len 32 --dim 256 \\
         --contenders whole blocks@1 blocks@2 stream@1 stream@2 --stream-to /tmp/duatm-stream
@@ -39,7 +42,6 @@ import resource
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Any, NamedTuple
 
 GIB = 1 << 30
@@ -112,12 +114,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_row(contender: str, world: int, reports: list[dict[str, Any]]) -> None:
     peak = max(r["peak_rss"] for r in reports)
-    data = max(r["data_rss"] for r in reports)
+    growth = max(r["growth"] for r in reports)
     seconds = max(r["seconds"] for r in reports)
     print(
         f"{contender:>10}: {seconds:8.1f} s (match {max(r['match_s'] for r in reports):.1f} s, "
-        f"rank {max(r['rank_s'] for r in reports):.1f} s); peak RSS per rank "
-        f"{peak / GIB:.2f} GiB (with data {data / GIB:.2f} GiB); mAP {reports[0]['mAP']:.6f}"
+        f"rank {max(r['rank_s'] for r in reports):.1f} s); per rank: peak RSS "
+        f"{peak / GIB:.2f} GiB, evaluation's growth {growth / GIB:.2f} GiB; "
+        f"mAP {reports[0]['mAP']:.6f}"
     )
 
 
@@ -158,52 +161,66 @@ def rank_main(
     from duatm.engine.distributed import all_gather_cat, process_group
     from duatm.metrics import rank_metrics
     from duatm.models.matching import DualAttentionMatcher
+    from timing import ResidentMemory
 
     torch.set_num_threads(threads)
     torch.manual_seed(setup.seed)
     matcher = DualAttentionMatcher(setup.dim, setup.mode).eval()
     q_pids, q_cams, g_pids, g_cams = labels(setup)
+    memory = ResidentMemory()
+    if not memory.available:
+        raise SystemExit("needs Linux /proc/self/clear_refs to measure memory")
+    out: dict[str, Any] = {}
     with process_group("cpu", timeout_s=3600) as ctx, torch.inference_mode():
         if kind == "whole":
             query = sequences(setup, "query", range(setup.queries))
             gallery = sequences(setup, "gallery", range(setup.gallery))
-            data_rss = current_rss()
-            start = time.perf_counter()
-            distances = matcher.pairwise(query, gallery, max_tile_bytes=setup.tile_mb << 20)
-            matched = time.perf_counter()
-            metrics = rank_metrics(distances.numpy(), q_pids, g_pids, q_cams, g_cams)
-            timings = {"match_s": matched - start, "rank_s": time.perf_counter() - matched}
+
+            def evaluate() -> None:
+                start = time.perf_counter()
+                distances = matcher.pairwise(query, gallery, max_tile_bytes=setup.tile_mb << 20)
+                matched = time.perf_counter()
+                out["metrics"] = rank_metrics(distances.numpy(), q_pids, g_pids, q_cams, g_cams)
+                out["timings"] = {
+                    "match_s": matched - start,
+                    "rank_s": time.perf_counter() - matched,
+                }
+                out["seconds"] = time.perf_counter() - start
+
         else:
             own_query = sequences(setup, "query", ctx.shard(setup.queries))
             share = ctx.shard(setup.gallery)
             gallery = sequences(setup, "gallery", share)
-            data_rss = current_rss()
-            start = time.perf_counter()
-            query = all_gather_cat(own_query, ctx)  # as the evaluator does after extraction
-            metrics, timings = blockwise_rank_metrics(
-                matcher,
-                query,
-                torch.from_numpy(q_pids),
-                torch.from_numpy(q_cams),
-                gallery,
-                torch.from_numpy(g_pids[share.start : share.stop]),
-                torch.from_numpy(g_cams[share.start : share.stop]),
-                ctx,
-                tile_mb=setup.tile_mb,
-                block_bytes=setup.block_mb << 20,
-                stream_to=setup.stream_to if kind == "stream" else None,
-                progress=False,
-            )
-        seconds = time.perf_counter() - start
+
+            def evaluate() -> None:
+                start = time.perf_counter()
+                query = all_gather_cat(own_query, ctx)  # as the evaluator does after extraction
+                out["metrics"], out["timings"] = blockwise_rank_metrics(
+                    matcher,
+                    query,
+                    torch.from_numpy(q_pids),
+                    torch.from_numpy(q_cams),
+                    gallery,
+                    torch.from_numpy(g_pids[share.start : share.stop]),
+                    torch.from_numpy(g_cams[share.start : share.stop]),
+                    ctx,
+                    tile_mb=setup.tile_mb,
+                    block_bytes=setup.block_mb << 20,
+                    stream_to=setup.stream_to if kind == "stream" else None,
+                    progress=False,
+                )
+                out["seconds"] = time.perf_counter() - start
+
+        growth = memory.peak_growth(evaluate)
     queue.put(
         {
             "rank": rank,
-            "seconds": seconds,
-            **timings,
-            "data_rss": data_rss,
+            "seconds": out["seconds"],
+            **out["timings"],
+            "growth": growth,
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "mAP": metrics.mAP,
-            "R1": float(metrics.cmc[0]),
+            "mAP": out["metrics"].mAP,
+            "R1": float(out["metrics"].cmc[0]),
         }
     )
 
@@ -236,14 +253,6 @@ def sequences(setup: Setup, which: str, items: range) -> Any:
     if not parts:
         return torch.empty(0, setup.seq_len, setup.dim)
     return torch.nn.functional.normalize(torch.cat(parts), dim=-1)
-
-
-def current_rss() -> int:
-    """Resident bytes now (Linux /proc)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 if __name__ == "__main__":
