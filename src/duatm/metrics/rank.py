@@ -298,17 +298,17 @@ def _per_query_from_matches(
 
 
 def rank_metrics_from_positions(
-    match_query,
-    match_gallery,
-    match_position,
-    q_pids,
-    g_pids,
-    q_camids,
-    g_camids,
+    match_query: Array,
+    match_gallery: Array,
+    match_position: Array,
+    q_pids: Array,
+    g_pids: Array,
+    q_camids: Array,
+    g_camids: Array,
     max_rank: int = 50,
     *,
     keep_same_camera: bool = False,
-    query_gallery_index=None,
+    query_gallery_index: Array | None = None,
     distractor_pids: Collection[int] | None = None,
 ) -> RankMetrics:
     """:func:`rank_metrics` from where each true match stands, instead of from the matrix.
@@ -320,10 +320,23 @@ def rank_metrics_from_positions(
     :func:`count_ahead` per block, and the same protocol code gives the same numbers.
 
     Args:
-        match_query, match_gallery: (M,) integers; every (query, gallery item) pair with equal
-            pids, each once, in any order.
-        match_position: (M,) integers; the gallery item's 0-based position in its query's list.
-        The other arguments are those of :func:`rank_metrics`.
+        match_query: (M,) integers: the query of each true match. The matches are every
+            (query, gallery item) pair with equal pids, each once, in any order.
+        match_gallery: (M,) integers: the gallery item of each true match.
+        match_position: (M,) integers: the gallery item's 0-based position in its query's list.
+        q_pids: (Q,) integer identity of each query.
+        g_pids: (G,) integer identity of each gallery item.
+        q_camids: (Q,) integer camera of each query.
+        g_camids: (G,) integer camera of each gallery item.
+        max_rank: length of the returned CMC curve, as in :func:`rank_metrics`.
+        keep_same_camera: as in :func:`rank_metrics`.
+        query_gallery_index: as in :func:`rank_metrics`.
+        distractor_pids: as in :func:`rank_metrics`.
+
+    Raises:
+        ValueError: inputs of the wrong shape or value, or pairs that are not exactly the true
+            matches (message names the argument).
+        NoValidQueryError: no query has a true match left.
     """
     num_q, num_g = np.size(q_pids), np.size(g_pids)
     if num_q == 0 or num_g == 0:
