@@ -13,7 +13,12 @@ import pytest
 from duatm.config import load_config
 from duatm.data.datasets import Market1501
 from duatm.data.synthped import write_synthped
-from duatm.engine.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint
+from duatm.engine.checkpoint import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    load_checkpoint,
+    save_checkpoint,
+)
 from duatm.engine.hooks import Checkpointing, Evaluation, Hook
 from duatm.engine.metrics_log import METRICS_JSONL, read_metrics
 from duatm.engine.trainer import Trainer
@@ -168,3 +173,14 @@ def test_best_checkpoint_is_selected_on_the_named_metric_of_the_named_split(
         (3, 0.4, 7.0),
     ]
     assert [r["epoch"] for r in records if r["kind"] == "eval"] == [3]
+
+
+def test_checkpoints_from_before_distributed_training_resume_as_one_process(
+    dataset: Market1501, tmp_path: Path
+) -> None:
+    tiny_trainer(dataset, tmp_path / "run").fit(stop_after=1)
+    state = load_checkpoint(tmp_path / "run" / LAST_CHECKPOINT)
+    assert state.pop("world_size") == 1
+    save_checkpoint(tmp_path / "old.pt", state)  # as written before the key existed
+    resumed = tiny_trainer(dataset, tmp_path / "resumed", resume_from=tmp_path / "old.pt")
+    assert (resumed.epoch, resumed.step) == (1, 2)

@@ -442,7 +442,8 @@ class Trainer:
         )
 
     def _restore(self, state: dict[str, Any], source: str) -> None:
-        check_run_state(state, source, keys=tuple(sorted(_CORE_KEYS)))
+        # Checkpoints from before distributed training have no world_size: one process.
+        check_run_state(state, source, keys=tuple(sorted(_CORE_KEYS - {"world_size"})))
         if state["num_classes"] != self.dataset.num_train_pids:
             raise CheckpointError(
                 f"{source} was trained on {state['num_classes']} identities; the dataset at "
