@@ -120,6 +120,7 @@ PUBLIC_PACKAGES = (
     "duatm.metrics",
     "duatm.data",
     "duatm.data.datasets",
+    "duatm.search",
 )
 
 
