@@ -170,3 +170,10 @@ def test_docstring_roles_become_links_code_or_colons() -> None:
         "duatm.config.ConfigError",
     ]
     assert roles.rendered_identifiers(ROOT / "docs") >= {"duatm.load", "duatm.models.DuATM"}
+
+
+def test_api_reference_documents_each_name_once() -> None:
+    """Two blocks for one name would give two headings with the same anchor."""
+    documented = re.findall(r"^::: ([\w.]+)", API.read_text(encoding="utf-8"), re.M)
+    twice = sorted({name for name in documented if documented.count(name) > 1})
+    assert not twice, f"docs/api.md documents these more than once: {', '.join(twice)}"
