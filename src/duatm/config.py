@@ -67,7 +67,8 @@ class DataConfig:
     root: str = "data/market1501"  # folder holding the dataset's split folders
     height: int = 256  # input image height in pixels
     width: int = 128  # input image width in pixels
-    num_identities: int = 10  # P: identities per training batch
+    # P: identities per training batch, per process (W processes: P * W per optimiser step)
+    num_identities: int = 10
     num_instances: int = 4  # V: images per identity in a training batch (batch = P * V)
     num_workers: int = 4  # DataLoader worker processes (0 = load in the main process)
     pad: int = 10  # random-crop padding in pixels (training augmentation)
