@@ -177,3 +177,12 @@ def test_api_reference_documents_each_name_once() -> None:
     documented = re.findall(r"^::: ([\w.]+)", API.read_text(encoding="utf-8"), re.M)
     twice = sorted({name for name in documented if documented.count(name) > 1})
     assert not twice, f"docs/api.md documents these more than once: {', '.join(twice)}"
+
+
+def test_readme_links_into_the_repository_exist() -> None:
+    """The README is the front door: each relative link must reach a file (docs pages move)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(((?!https?://)[^)#\s]+)", readme)
+    assert targets, "the README links nowhere into the repository"
+    missing = sorted({t for t in targets if not (ROOT / t).exists()})
+    assert not missing, f"README.md links to missing files: {', '.join(missing)}"
