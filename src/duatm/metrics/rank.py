@@ -82,8 +82,9 @@ class RankMetrics(NamedTuple):
     own_images_removed: int = 0  # gallery items removed as a query's own image
 
 
-class _PerQuery(NamedTuple):
-    """Per-query statistics; ranks are 1-based positions in the kept gallery list (0 if no hit)."""
+class QueryRanks(NamedTuple):
+    """Per-query statistics (arrays of length Q); ranks are 1-based positions in the kept
+    gallery list (0 if no hit). A query with ``num_rel == 0`` is skipped by the protocol."""
 
     num_matches: np.ndarray  # gallery items with the query's pid, before any removal
     num_rel: np.ndarray  # true matches kept after removal
@@ -168,6 +169,65 @@ def rank_metrics(
         ValueError: inputs of the wrong shape, type or value (message names the argument).
         NoValidQueryError: no query has a true match left (message says why and what to do).
     """
+    max_rank = _positive_int(max_rank, "max_rank")
+    per_query, q_pids, q_camids, g_camids, q_self = _per_query_ranks(
+        distmat,
+        q_pids,
+        g_pids,
+        q_camids,
+        g_camids,
+        keep_same_camera,
+        query_gallery_index,
+        chunk_size,
+    )
+    return _finish(
+        per_query, q_pids, q_self, distractor_pids, max_rank, keep_same_camera, q_camids, g_camids
+    )
+
+
+def per_query_ranks(
+    distmat: Array,
+    q_pids: Array,
+    g_pids: Array,
+    q_camids: Array,
+    g_camids: Array,
+    *,
+    keep_same_camera: bool = False,
+    query_gallery_index: Array | None = None,
+    distractor_pids: Collection[int] | None = None,
+    chunk_size: int | None = None,
+) -> QueryRanks:
+    """Each query's AP, first and last true-match rank and number of true matches: what
+    [`rank_metrics`][duatm.metrics.rank_metrics] averages, for finding the queries that fail
+    (reports). Same arguments and errors as `rank_metrics`, except that queries without a true
+    match are not an error; they, and queries of a distractor identity, have ``num_rel == 0``.
+    """
+    per_query, q_pids, _, _, _ = _per_query_ranks(
+        distmat,
+        q_pids,
+        g_pids,
+        q_camids,
+        g_camids,
+        keep_same_camera,
+        query_gallery_index,
+        chunk_size,
+    )
+    distractor = _is_distractor(q_pids, distractor_pids)
+    return per_query._replace(num_rel=np.where(distractor, 0, per_query.num_rel))
+
+
+def _per_query_ranks(
+    distmat: Array,
+    q_pids: Array,
+    g_pids: Array,
+    q_camids: Array,
+    g_camids: Array,
+    keep_same_camera: bool,
+    query_gallery_index: Array | None,
+    chunk_size: int | None,
+) -> tuple[QueryRanks, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Checked inputs -> per-query statistics, with the checked pids, cameras and own-image
+    table that the aggregation needs."""
     dist = _as_numpy(distmat, "distmat")
     if dist.ndim != 2 or dist.shape[0] == 0 or dist.shape[1] == 0:
         raise ValueError(
@@ -181,7 +241,6 @@ def rank_metrics(
     g_pids = _as_int_vector(g_pids, "g_pids", num_g, "num_gallery = distmat.shape[1]")
     q_camids = _as_int_vector(q_camids, "q_camids", num_q, "num_query = distmat.shape[0]")
     g_camids = _as_int_vector(g_camids, "g_camids", num_g, "num_gallery = distmat.shape[1]")
-    max_rank = _positive_int(max_rank, "max_rank")
     q_self = _as_own_image_table(query_gallery_index, q_pids, g_pids)
     if chunk_size is None:
         chunk_size = max(1, _CHUNK_ENTRIES // num_g)
@@ -208,14 +267,12 @@ def rank_metrics(
                 keep_same_camera,
             )
         )
-    per_query = _PerQuery(*(np.concatenate(field) for field in zip(*parts, strict=True)))
-    return _finish(
-        per_query, q_pids, q_self, distractor_pids, max_rank, keep_same_camera, q_camids, g_camids
-    )
+    per_query = QueryRanks(*(np.concatenate(field) for field in zip(*parts, strict=True)))
+    return per_query, q_pids, q_camids, g_camids, q_self
 
 
 def _finish(
-    per_query: _PerQuery,
+    per_query: QueryRanks,
     q_pids: np.ndarray,
     q_self: np.ndarray | None,
     distractor_pids: Collection[int] | None,
@@ -241,7 +298,7 @@ def _chunk_per_query(
     g_pids: np.ndarray,
     g_camids: np.ndarray,
     keep_same_camera: bool,
-) -> _PerQuery:
+) -> QueryRanks:
     """Per-query statistics of one block of rows, working only on the (few) true matches.
 
     Everything removed is a true match (same pid; the query's own image is checked to be one),
@@ -265,7 +322,7 @@ def _per_query_from_matches(
     q_self: np.ndarray | None,
     g_camids: np.ndarray,
     keep_same_camera: bool,
-) -> _PerQuery:
+) -> QueryRanks:
     """The protocol on the true matches of ``num_rows`` queries: entry k is a match of query
     ``rows[k]`` (a row index into q_camids / q_self), gallery item ``gallery_idx[k]``, at 0-based
     position ``cols[k]`` of that query's sorted gallery list; entries come row by row, each
@@ -294,7 +351,7 @@ def _per_query_from_matches(
     first_rank[valid] = rank[starts[valid]]
     last_rank[valid] = rank[(starts + num_rel - 1)[valid]]
     ap = np.divide(ap_sum, num_rel, out=np.zeros(num_rows), where=valid)
-    return _PerQuery(num_matches, num_rel, ap, first_rank, last_rank)
+    return QueryRanks(num_matches, num_rel, ap, first_rank, last_rank)
 
 
 def rank_metrics_from_positions(
@@ -422,7 +479,7 @@ def _exclusive_cumsum_within_rows(
 
 
 def _aggregate(
-    per_query: _PerQuery,
+    per_query: QueryRanks,
     distractor: np.ndarray,
     max_rank: int,
     keep_same_camera: bool,

@@ -5,7 +5,7 @@ Why: every script prints and saves the same numbers; one place decides their lay
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -56,6 +56,24 @@ def protocol_notes(metrics: RankMetrics) -> list[str]:
 def format_rank_report(metrics: RankMetrics, ranks: Sequence[int] | None = None) -> str:
     """:func:`format_rank_table`, then the :func:`protocol_notes`: what a command prints."""
     return "\n".join([format_rank_table(metrics, ranks), *protocol_notes(metrics)])
+
+
+def format_rank_rows(rows: Mapping[str, RankMetrics], ranks: Sequence[int] | None = None) -> str:
+    """:func:`format_rank_table` for several results, one labelled row each, columns aligned
+    (e.g. the matcher's distances and their re-ranking)."""
+    if not rows:
+        raise ValueError("rows: expected at least one labelled result")
+    tables = [format_rank_table(metrics, ranks).splitlines() for metrics in rows.values()]
+    label_width = max(len(label) for label in rows)
+    cells = [line.split() for line in (tables[0][0], *(table[1] for table in tables))]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    labels = ["", *rows]
+    return "\n".join(
+        "  ".join(
+            [label.ljust(label_width), *(c.rjust(w) for c, w in zip(row, widths, strict=True))]
+        )
+        for label, row in zip(labels, cells, strict=True)
+    )
 
 
 def rank_metrics_to_dict(
