@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +40,21 @@ _MIN_SQUARED_DISTANCE = 1e-12
 # (8 MiB is 32 x 32 items at S = 32 in float32); a GPU wants large launches.
 DEFAULT_CPU_TILE_BYTES = 8 * 2**20
 DEFAULT_CUDA_TILE_BYTES = 1 * 2**30
+
+
+class PairAttention(NamedTuple):
+    """The attention weights DuATM computes for aligned pairs (a, b) (Eq. 2-3), each row a
+    softmax that sums to 1; a matrix the matcher's mode does not use is ``None``.
+
+    ``intra_a`` (N, Sa, Sa): row i is where element i of a looks within a to refine itself
+    (xbar_a^i); ``intra_b`` (N, Sb, Sb) the same for b. ``inter_ab`` (N, Sa, Sb): row i is where
+    element i of a looks in b to align it (xhat_b^i); ``inter_ba`` (N, Sb, Sa) the reverse.
+    """
+
+    intra_a: Tensor | None
+    intra_b: Tensor | None
+    inter_ab: Tensor | None
+    inter_ba: Tensor | None
 
 
 @dataclass(frozen=True)
@@ -141,7 +157,12 @@ class DualAttentionMatcher(nn.Module):
     @staticmethod
     def _attend(query: Tensor, keys: Tensor) -> Tensor:
         """Eq. 2-3: softmax(query . keys) weighted sum of keys, per item."""
-        return torch.softmax(query @ keys.transpose(1, 2), dim=-1) @ keys
+        return DualAttentionMatcher._weights(query, keys) @ keys
+
+    @staticmethod
+    def _weights(query: Tensor, keys: Tensor) -> Tensor:
+        """Eq. 2 and the softmax of Eq. 3: (N, Sq, Sk) attention of each query row over keys."""
+        return torch.softmax(query @ keys.transpose(1, 2), dim=-1)
 
     def prepare(self, x: Tensor) -> PreparedSequences:
         """Per-item tensors of ``x`` (N, S, D); in training mode BN uses this batch's statistics."""
@@ -188,6 +209,28 @@ class DualAttentionMatcher(nn.Module):
         d_a = torch.linalg.vector_norm(ref_a - self._attend(qa, xb), dim=-1)  # Eq. 4
         d_b = torch.linalg.vector_norm(ref_b - self._attend(qb, xa), dim=-1)
         return d_a.mean(-1) / 2 + d_b.mean(-1) / 2  # Eq. 5
+
+    def attention(self, xa: Tensor, xb: Tensor) -> PairAttention:
+        """The intra- and inter-sequence attention weights of aligned pairs ``xa`` (N, Sa, D),
+        ``xb`` (N, Sb, D), as :meth:`forward` computes them (one BatchNorm batch of both
+        sides), for looking at where the matcher looks (paper Fig. 8). ``avgpool`` has none."""
+        _check_sequences("xa", xa, self.dim)
+        _check_sequences("xb", xb, self.dim)
+        if xa.shape[0] != xb.shape[0]:
+            raise ValueError(
+                f"xa and xb must hold the same number of pairs; got {xa.shape[0]} and {xb.shape[0]}"
+            )
+        if self.mode == "avgpool":
+            raise ValueError("mode 'avgpool' compares mean vectors and has no attention weights")
+        qa, qb = self._filter(xa, xb)
+        refines = self.mode in ("dual", "intra")
+        aligns = self.mode in ("dual", "inter")
+        return PairAttention(
+            intra_a=self._weights(qa, xa) if refines else None,
+            intra_b=self._weights(qb, xb) if refines else None,
+            inter_ab=self._weights(qa, xb) if aligns else None,
+            inter_ba=self._weights(qb, xa) if aligns else None,
+        )
 
     # ----------------------------------------------------------------- all pairs
     def pairwise(
