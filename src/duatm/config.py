@@ -132,6 +132,10 @@ class EvalConfig:
     # A folder: distance blocks go to files there and the metrics are computed block by block,
     # for galleries whose query x gallery matrix does not fit in memory (null = in memory).
     stream_to: str | None = None
+    rerank: bool = False  # `duatm evaluate` also reports k-reciprocal re-ranked metrics
+    rerank_k1: int = 20  # re-ranking k1: size of the k-reciprocal neighbourhoods (paper: 20)
+    rerank_k2: int = 6  # re-ranking k2: neighbours averaged by query expansion (paper: 6; 1 = off)
+    rerank_lambda: float = 0.3  # re-ranking lambda: weight of the original distance (paper: 0.3)
 
 
 @dataclass
@@ -311,6 +315,9 @@ def validate_config(cfg: DuATMConfig) -> None:
     _check("eval.stream_to", e.stream_to, e.stream_to != "", "a folder path or null")
     t = cfg.distributed.timeout_s
     _check("distributed.timeout_s", t, 0 < t < float("inf"), "a number of seconds > 0")
+    _check("eval.rerank_k1", e.rerank_k1, e.rerank_k1 >= 1, "a positive integer")
+    _check("eval.rerank_k2", e.rerank_k2, e.rerank_k2 >= 1, "a positive integer")
+    _check("eval.rerank_lambda", e.rerank_lambda, 0 <= e.rerank_lambda <= 1, "a number in [0, 1]")
     _check("search.top", se.top, se.top >= 1, "a positive integer")
     _check("search.shortlist", se.shortlist, se.shortlist >= 0, "an integer >= 0 (0 = exact)")
     _check("search.backend", se.backend, se.backend in SEARCH_BACKENDS, _one_of(SEARCH_BACKENDS))

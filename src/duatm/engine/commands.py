@@ -24,6 +24,7 @@ from duatm.engine.checkpoint import (
     check_run_state,
     load_checkpoint,
 )
+from duatm.engine.distances import save_distances
 from duatm.engine.distributed import (
     SINGLE,
     DistContext,
@@ -33,16 +34,24 @@ from duatm.engine.distributed import (
     rank_device,
 )
 from duatm.engine.evaluator import (
+    Rerank,
     ResultsPathError,
     check_results_path,
     evaluate,
+    evaluate_split,
     write_results,
 )
 from duatm.engine.run_folder import RunFolderError
 from duatm.engine.trainer import Trainer, TrainingDiverged
 from duatm.errors import one_line_message
+from duatm.extras import MissingExtraError
 from duatm.metrics import NoValidQueryError
-from duatm.metrics.report import format_rank_report
+from duatm.metrics.report import (
+    format_rank_report,
+    format_rank_rows,
+    protocol_notes,
+    rank_metrics_to_dict,
+)
 from duatm.models.backbones import PretrainedWeightsError
 
 USER_ERRORS = (
@@ -54,6 +63,7 @@ USER_ERRORS = (
     PretrainedWeightsError,
     ResultsPathError,
     RunFolderError,
+    MissingExtraError,
     OSError,
 )
 """Failures a user can fix from the message alone: printed as one line, no traceback, exit 2.
@@ -177,9 +187,21 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a last.pt / best.pt of a run")
     parser.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     parser.add_argument(
+        "--rerank",
+        action="store_true",
+        help="also report metrics after k-reciprocal re-ranking (sets eval.rerank; k1, k2 and "
+        "lambda are eval.rerank_k1, eval.rerank_k2, eval.rerank_lambda)",
+    )
+    parser.add_argument(
         "--results",
         help="JSON file to write (default: <checkpoint>.results.json beside it, "
         "<checkpoint>.flip.results.json with --flip)",
+    )
+    parser.add_argument(
+        "--save-distances",
+        metavar="FILE",
+        help="also save the query x gallery distances (and re-ranked ones) with the items they "
+        "rank, for duatm report --distances FILE",
     )
     _add_common(parser)
     parser.set_defaults(handler=run_evaluate)
@@ -193,6 +215,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
     overrides = _overrides(args) + (["eval.flip=true"] if args.flip else [])
+    overrides += ["eval.rerank=true"] if args.rerank else []
     if not launch_context().enabled:
         return _evaluate_on(checkpoint, overrides, args, SINGLE, device=None)
     # Under torchrun the process group, and so each rank's device, comes before the model.
@@ -219,29 +242,50 @@ def _evaluate_on(
     # Refused now, not after an evaluation that may take an hour (on every rank, so that all
     # of them stop).
     check_results_path(results, not_over=[checkpoint])
-    dataset = load_dataset(cfg, verbose=ctx.is_main)
     e = cfg.eval
-    metrics, timings = evaluate(
-        model.module,
-        build_test_loader(cfg, dataset.query),
-        build_test_loader(cfg, dataset.gallery),
-        model.device,
-        flip=e.flip,
-        amp=model.amp,
-        tile_mb=e.tile_mb,
-        max_rank=e.max_rank,
-        keep_same_camera=e.keep_same_camera,
-        distractor_pids=dataset.distractor_pids,
-        progress=not args.no_progress,
-        dist=ctx,
-        stream_to=e.stream_to,
-        block_mb=e.block_mb,
-    )
+    whole_matrix = e.rerank or bool(args.save_distances)
+    if whole_matrix and (ctx.enabled or e.stream_to is not None):
+        raise ConfigError(
+            "--rerank and --save-distances need the whole distance matrices in one process; "
+            "run them without torchrun and with eval.stream_to=null"
+        )
+    if args.save_distances and Path(args.save_distances).is_dir():
+        raise FileExistsError(f"--save-distances: {args.save_distances} is a folder; give a file")
+    dataset = load_dataset(cfg, verbose=ctx.is_main)
+    query_loader = build_test_loader(cfg, dataset.query)
+    gallery_loader = build_test_loader(cfg, dataset.gallery)
+    loaders = (model.module, query_loader, gallery_loader, model.device)
+    common = {
+        "flip": e.flip,
+        "amp": model.amp,
+        "tile_mb": e.tile_mb,
+        "max_rank": e.max_rank,
+        "keep_same_camera": e.keep_same_camera,
+        "distractor_pids": dataset.distractor_pids,
+        "progress": not args.no_progress,
+    }
+    rerank = Rerank(e.rerank_k1, e.rerank_k2, e.rerank_lambda) if e.rerank else None
+    split = None
+    if whole_matrix:
+        split = evaluate_split(*loaders, rerank=rerank, **common)
+        metrics, timings = split.metrics, split.timings
+    else:
+        metrics, timings = evaluate(
+            *loaders, dist=ctx, stream_to=e.stream_to, block_mb=e.block_mb, **common
+        )
     if not ctx.is_main:
         return 0
+    extra = {}
     # Printed before writing, so the numbers are there even if the disk is full.
     print(f"{checkpoint} (epoch {model.epoch}) on {cfg.data.root}")
-    print(format_rank_report(metrics))
+    if rerank is not None and split is not None and split.reranked is not None:
+        label = f"re-ranked (k1={rerank.k1}, k2={rerank.k2}, lambda={rerank.lambda_value})"
+        print(format_rank_rows({"matcher distances": metrics, label: split.reranked}))
+        for note in protocol_notes(metrics):
+            print(note)
+        extra["rerank"] = {**rank_metrics_to_dict(split.reranked), **rerank._asdict()}
+    else:
+        print(format_rank_report(metrics))
     write_results(
         results,
         metrics,
@@ -251,8 +295,22 @@ def _evaluate_on(
         data_root=cfg.data.root,
         flip=e.flip,
         seconds=timings,
+        **extra,
     )
     print(f"results written to {results}")
+    if args.save_distances and split is not None:
+        saved = save_distances(
+            args.save_distances,
+            split.distances,
+            query_loader.dataset.records,  # type: ignore[attr-defined]
+            gallery_loader.dataset.records,  # type: ignore[attr-defined]
+            fingerprint=model.fingerprint,
+            checkpoint=str(checkpoint),
+            reranked=split.reranked_distances,
+            rerank=None if rerank is None else rerank._asdict(),
+            distractor_pids=dataset.distractor_pids,
+        )
+        print(f"distances written to {saved}")
     return 0
 
 

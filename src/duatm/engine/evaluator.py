@@ -2,7 +2,8 @@
 
 Why separate from training: `duatm evaluate`, the trainer's periodic evaluation and the demo run
 the same steps. Three stages, each replaceable: extraction (`extract`), distances
-(`distance_matrix`, the whole matrix) and metrics (`rank_metrics`). With several processes or a
+(`distance_matrix`, the whole matrix) and metrics (`rank_metrics`); `evaluate_split` keeps the
+matrix (and can re-rank it). With several processes or a
 ``stream_to`` folder, each rank extracts its share and the last two stages run block by block
 (`duatm.engine.blockwise`), with the same numbers.
 """
@@ -31,7 +32,7 @@ from duatm.engine.blockwise import blockwise_rank_metrics
 from duatm.engine.builders import autocast_for
 from duatm.engine.distributed import SINGLE, DistContext, all_gather_cat
 from duatm.engine.progress import Progress
-from duatm.metrics import RankMetrics, check_valid_queries, rank_metrics
+from duatm.metrics import RankMetrics, check_valid_queries, rank_metrics, re_ranking
 from duatm.metrics.report import rank_metrics_to_dict
 from duatm.models.duatm import DuATM
 
@@ -41,6 +42,26 @@ _LOG = logging.getLogger(__name__)
 _SHOW = 3
 #: A results JSON is a few kB (its CMC curve has max_rank entries); larger files are not ours.
 _RESULTS_MAX_BYTES = 1 << 20
+
+
+class Rerank(NamedTuple):
+    """Parameters of k-reciprocal re-ranking (:func:`duatm.metrics.re_ranking`)."""
+
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+
+
+class SplitEvaluation(NamedTuple):
+    """What :func:`evaluate_split` measured: the metrics of the matcher's (Q, G) distances, the
+    seconds each stage took, the distances, and after re-ranking (when asked for) its metrics
+    and distances."""
+
+    metrics: RankMetrics
+    timings: dict[str, float]
+    distances: Tensor  # (Q, G) float32 on the CPU
+    reranked: RankMetrics | None = None
+    reranked_distances: Tensor | None = None
 
 
 class ExtractedSequences(NamedTuple):
@@ -149,6 +170,44 @@ def evaluate(
             stream_to=stream_to,
             block_mb=block_mb,
         )
+    result = evaluate_split(
+        model,
+        query_loader,
+        gallery_loader,
+        device,
+        flip=flip,
+        amp=amp,
+        tile_mb=tile_mb,
+        max_rank=max_rank,
+        keep_same_camera=keep_same_camera,
+        distractor_pids=distractor_pids,
+        own_images=own_images,
+        progress=progress,
+    )
+    return result.metrics, result.timings
+
+
+def evaluate_split(
+    model: DuATM,
+    query_loader: DataLoader[Any],
+    gallery_loader: DataLoader[Any],
+    device: torch.device,
+    *,
+    flip: bool = False,
+    amp: bool = False,
+    tile_mb: int = 256,
+    max_rank: int = 50,
+    keep_same_camera: bool = False,
+    distractor_pids: Collection[int] = (),
+    own_images: OwnImages | None = None,
+    rerank: Rerank | None = None,
+    progress: bool = True,
+) -> SplitEvaluation:
+    """:func:`evaluate` in one process with the whole (Q, G) matrix, which it returns too; with
+    ``rerank`` also the metrics and distances after k-reciprocal re-ranking (``duatm evaluate
+    --rerank``, reports)."""
+    if own_images is None:
+        own_images = find_own_images(query_loader.dataset, gallery_loader.dataset)
     start = time.perf_counter()
     query = extract(
         model, query_loader, device, flip=flip, amp=amp, desc="query", progress=progress
@@ -159,23 +218,51 @@ def evaluate(
     extracted = time.perf_counter()
     distances = distance_matrix(model, query, gallery, tile_mb=tile_mb)
     matched = time.perf_counter()
-    metrics = rank_metrics(
-        distances.numpy(),
-        query.pids.numpy(),
-        gallery.pids.numpy(),
-        query.camids.numpy(),
-        gallery.camids.numpy(),
-        max_rank=max_rank,
-        keep_same_camera=keep_same_camera,
-        query_gallery_index=own_images.table,
-        distractor_pids=distractor_pids,
-    )
+
+    def ranked(matrix: Tensor) -> RankMetrics:
+        return rank_metrics(
+            matrix.numpy(),
+            query.pids.numpy(),
+            gallery.pids.numpy(),
+            query.camids.numpy(),
+            gallery.camids.numpy(),
+            max_rank=max_rank,
+            keep_same_camera=keep_same_camera,
+            query_gallery_index=own_images.table,
+            distractor_pids=distractor_pids,
+        )
+
+    metrics = ranked(distances)
     timings = {
         "extract_s": extracted - start,
         "match_s": matched - extracted,
         "rank_s": time.perf_counter() - matched,
     }
-    return metrics, timings
+    if rerank is None:
+        return SplitEvaluation(metrics, timings, distances)
+    reranking = time.perf_counter()
+    reranked = reranked_distances(model, query, gallery, distances, rerank, tile_mb=tile_mb)
+    reranked_metrics = ranked(reranked)
+    timings["rerank_s"] = time.perf_counter() - reranking
+    return SplitEvaluation(metrics, timings, distances, reranked_metrics, reranked)
+
+
+def reranked_distances(
+    model: DuATM,
+    query: ExtractedSequences,
+    gallery: ExtractedSequences,
+    distances: Tensor,
+    settings: Rerank,
+    *,
+    tile_mb: int,
+) -> Tensor:
+    """k-reciprocal re-ranking of the (Q, G) ``distances``, with the query-query and
+    gallery-gallery matcher distances computed by the same tiled matcher (each set against
+    itself, so one attention direction per pair and a symmetric result)."""
+    with torch.inference_mode():
+        q_q = model.matcher.pairwise(query.sequences, max_tile_bytes=tile_mb << 20).cpu()
+        g_g = model.matcher.pairwise(gallery.sequences, max_tile_bytes=tile_mb << 20).cpu()
+    return re_ranking(distances, q_q, g_g, *settings)
 
 
 def _evaluate_blockwise(
