@@ -13,6 +13,7 @@ from duatm.engine.commands import EXIT_USER_ERROR, add_evaluate_arguments, add_t
 from duatm.engine.demo import add_demo_arguments
 from duatm.engine.distributed import launch_context
 from duatm.export.command import add_export_arguments
+from duatm.report.command import add_report_arguments
 from duatm.search.commands import add_index_arguments, add_search_arguments
 
 # Sub-commands that run as several processes under torchrun; the others refuse to.
@@ -22,7 +23,7 @@ DISTRIBUTED_COMMANDS = ("train", "evaluate")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="duatm",
-        description="DuATM person re-identification: train, evaluate, index and search a gallery, export to ONNX, generate SynthPed data, run the demo.",
+        description="DuATM person re-identification: train, evaluate, index and search a gallery, report, export to ONNX, generate SynthPed data, run the demo.",
     )
     parser.add_argument("--version", action="version", version=f"duatm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -38,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_search_arguments(
         commands.add_parser("search", help="rank a gallery index for query images")
+    )
+    add_report_arguments(
+        commands.add_parser(
+            "report", help="an HTML page: metrics, ranked lists and attention maps of a checkpoint"
+        )
     )
     add_export_arguments(
         commands.add_parser("export", help="the extractor and matcher as ONNX graphs, checked")
