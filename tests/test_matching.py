@@ -227,3 +227,166 @@ def test_cuda_pairwise_matches_cpu(mode: str) -> None:
         cpu = matcher.pairwise(xq, xg)
         gpu = matcher.cuda().pairwise(xq.cuda(), xg.cuda(), max_tile_bytes=5_000)
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------- variable-length sequences
+VARIABLE_MODES = ("dual", "inter", "avgpool")
+
+
+def padded_batch(
+    sequences: list[torch.Tensor], size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-padded batch in the collate's layout, but with large random garbage in the padding
+    (the matcher must ignore it), and the lengths."""
+    g = torch.Generator().manual_seed(seed)
+    dim, dtype = sequences[0].shape[-1], sequences[0].dtype
+    batch = 50 * torch.randn(len(sequences), size, dim, generator=g, dtype=dtype)
+    for k, seq in enumerate(sequences):
+        batch[k, : len(seq)] = seq
+    return batch, torch.tensor([len(seq) for seq in sequences])
+
+
+def ragged(lengths: list[int], dim: int, seed: int, dtype=torch.float64) -> list[torch.Tensor]:
+    return [unit_sequences(1, n, dim, seed * 100 + k, dtype)[0] for k, n in enumerate(lengths)]
+
+
+@pytest.mark.parametrize("mode", VARIABLE_MODES)
+@pytest.mark.parametrize("budget", [None, 1, 3_000])  # 1 byte: one item per tile
+def test_variable_length_pairwise_equals_reference_on_unpadded_sequences(
+    mode: str, budget: int | None
+) -> None:
+    dim = 6
+    matcher = randomised_matcher(dim, mode, seed=3)
+    queries = ragged([4, 1, 6, 3, 6], dim, 1)
+    gallery = ragged([2, 7, 5, 7, 1, 3, 4], dim, 2)
+    xq, q_lengths = padded_batch(queries, 8, 3)
+    xg, g_lengths = padded_batch(gallery, 9, 4)
+    expected = np.array(
+        [[reference_distance(a.numpy(), b.numpy(), matcher) for b in gallery] for a in queries]
+    )
+    with torch.no_grad():
+        got = matcher.pairwise(
+            xq, xg, q_lengths=q_lengths, g_lengths=g_lengths, max_tile_bytes=budget
+        )
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", VARIABLE_MODES)
+def test_variable_length_self_comparison_and_gradients(mode: str) -> None:
+    """A padded batch against itself (training's path) gives the reference distances, and the
+    padding receives no gradient."""
+    dim = 5
+    matcher = randomised_matcher(dim, mode, seed=6)
+    items = ragged([3, 5, 2, 5, 4, 1], dim, 7)
+    x, lengths = padded_batch(items, 6, 8)
+    x.requires_grad_(True)
+    expected = np.array(
+        [[reference_distance(a.numpy(), b.numpy(), matcher) for b in items] for a in items]
+    )
+    # Self-pairs: the square root is clamped at 1e-12 (its gradient at 0 is infinite).
+    np.fill_diagonal(expected, np.maximum(np.diag(expected), 1e-6))
+    for budget in (None, 1):
+        dist = matcher.pairwise(x, q_lengths=lengths, max_tile_bytes=budget)
+        np.testing.assert_allclose(dist.detach().numpy(), expected, rtol=0, atol=1e-12)
+        (grad,) = torch.autograd.grad(dist.sum(), x)
+        padding = torch.arange(6)[None, :] >= lengths[:, None]
+        assert grad[padding].abs().max() == 0
+        assert grad[~padding].abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["dual", "inter"])
+def test_variable_length_gradients_equal_unpadded_gradients(mode: str) -> None:
+    """Gradients w.r.t. the real elements and the transform's weights are those of the
+    unpadded computation (here: each pair on its own, without padding)."""
+    dim = 5
+    matcher = randomised_matcher(dim, mode, seed=9)
+    queries, gallery = ragged([2, 4, 3], dim, 10), ragged([4, 1], dim, 11)
+    xq, q_lengths = padded_batch(queries, 5, 12)
+    xg, g_lengths = padded_batch(gallery, 4, 13)
+    xq.requires_grad_(True)
+    xg.requires_grad_(True)
+    weights = torch.rand(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    padded = matcher.pairwise(xq, xg, q_lengths=q_lengths, g_lengths=g_lengths, max_tile_bytes=1)
+    grads = torch.autograd.grad((padded * weights).sum(), (xq, xg, *matcher.parameters()))
+    leaves = [q.clone().requires_grad_(True) for q in queries]
+    g_leaves = [g.clone().requires_grad_(True) for g in gallery]
+    total = sum(
+        weights[i, j] * matcher.pairwise(leaves[i][None], g_leaves[j][None])[0, 0]
+        for i in range(3)
+        for j in range(2)
+    )
+    expected = torch.autograd.grad(total, (*leaves, *g_leaves, *matcher.parameters()))
+    for k, n in enumerate(q_lengths.tolist()):
+        torch.testing.assert_close(grads[0][k, :n], expected[k], atol=1e-12, rtol=0)
+    for k, n in enumerate(g_lengths.tolist()):
+        torch.testing.assert_close(grads[1][k, :n], expected[3 + k], atol=1e-12, rtol=0)
+    for got, want in zip(grads[2:], expected[5:], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("mode", MATCHER_MODES)
+def test_full_lengths_give_exactly_the_equal_length_results(mode: str) -> None:
+    """Lengths that are all S take the equal-length path: the same numbers, bit for bit; equal
+    lengths below S are the unpadded batch (intra included)."""
+    matcher = randomised_matcher(8, mode, seed=1).float()
+    xq = unit_sequences(5, 6, 8, 1, torch.float32)
+    xg = unit_sequences(7, 6, 8, 2, torch.float32)
+    with torch.no_grad():
+        plain = matcher.pairwise(xq, xg)
+        full = matcher.pairwise(
+            xq, xg, q_lengths=torch.full((5,), 6), g_lengths=torch.full((7,), 6)
+        )
+        assert torch.equal(plain, full)
+        pq, q_lengths = padded_batch(list(xq), 9, 0)
+        pg, g_lengths = padded_batch(list(xg), 10, 1)
+        assert torch.equal(
+            matcher.pairwise(pq, pg, q_lengths=q_lengths, g_lengths=g_lengths), plain
+        )
+
+
+def test_variable_length_training_batch_statistics_use_real_elements_only() -> None:
+    matcher = DualAttentionMatcher(6).train()
+    items = ragged([2, 5, 3], 6, 4, torch.float32)
+    x, lengths = padded_batch(items, 5, 5)
+    matcher.pairwise(x, q_lengths=lengths)
+    linear = matcher.transform[0]
+    real = torch.cat(items) @ linear.weight.T + linear.bias
+    torch.testing.assert_close(matcher.transform[1].running_mean, 0.1 * real.mean(0).detach())
+    torch.testing.assert_close(
+        matcher.transform[1].running_var, 0.9 + 0.1 * real.var(0, unbiased=True).detach()
+    )
+
+
+def test_variable_length_errors_are_clear() -> None:
+    x = unit_sequences(3, 4, 8, 0, torch.float32)
+    with pytest.raises(ValueError, match=r"intra.*equal sequence lengths.*from 2 to 4"):
+        DualAttentionMatcher(8, "intra").pairwise(x, x, q_lengths=torch.tensor([2, 4, 3]))
+    matcher = DualAttentionMatcher(8).eval()
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, 4\].*from 0 to 3"):
+        matcher.pairwise(x, x, q_lengths=torch.tensor([0, 3, 3]))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, 4\].*from 2 to 5"):
+        matcher.pairwise(x, x, g_lengths=torch.tensor([2, 5, 3]))
+    with pytest.raises(ValueError, match="one length per item"):
+        matcher.pairwise(x, x, q_lengths=torch.tensor([2, 3]))
+    with pytest.raises(ValueError, match="must hold integers"):
+        matcher.pairwise(x, x, q_lengths=torch.tensor([2.0, 3.0, 1.0]))
+    with pytest.raises(ValueError, match="g_lengths given without xg"):
+        matcher.pairwise(x, g_lengths=torch.tensor([2, 3, 1]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", VARIABLE_MODES)
+def test_cuda_variable_length_pairwise_matches_cpu(mode: str) -> None:
+    matcher = randomised_matcher(16, mode, seed=2).float().eval()
+    xq, q_lengths = padded_batch(ragged([5, 2, 6, 1], 16, 3, torch.float32), 6, 0)
+    xg, g_lengths = padded_batch(ragged([3, 6, 4, 6, 2], 16, 4, torch.float32), 7, 1)
+    with torch.no_grad():
+        cpu = matcher.pairwise(xq, xg, q_lengths=q_lengths, g_lengths=g_lengths)
+        gpu = matcher.cuda().pairwise(
+            xq.cuda(),
+            xg.cuda(),
+            q_lengths=q_lengths.cuda(),
+            g_lengths=g_lengths,
+            max_tile_bytes=5_000,
+        )
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)

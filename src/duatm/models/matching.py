@@ -14,6 +14,9 @@ Two entry points compute the same distance:
       ||xbar_a^i - P_i X_b||^2 = ||xbar_a^i||^2 + P_i (G_b P_i^T - 2 X_b xbar_a^i)
 
   where ``G_b = X_b X_b^T``. Tiles of the query x gallery grid keep memory under a budget.
+
+Variable-length sequences (video tracklets of every frame) come as zero-padded batches with
+per-item lengths; see :meth:`DualAttentionMatcher.pairwise` and docs/design.md#variable-length.
 """
 
 from __future__ import annotations
@@ -67,6 +70,11 @@ class PreparedSequences:
     is ``x x^T`` and ``reference_sqnorm`` (N, S), both in the accumulation dtype;
     ``max_query_norm`` and ``max_x_norm`` (N,) are each item's largest element norms of
     ``scaled_query`` and ``x``, which bound its logits. Fields a mode does not use are ``None``.
+
+    ``lengths`` (N,) int64, on ``x``'s device, is set when the items have different lengths:
+    item k is then ``x[k, :lengths[k]]`` and every per-item tensor is zero beyond it (padding
+    never reaches a product, see docs/design.md#variable-length). ``None``: every item has
+    length S.
     """
 
     x: Tensor
@@ -76,6 +84,7 @@ class PreparedSequences:
     reference_sqnorm: Tensor | None = None
     max_query_norm: Tensor | None = None
     max_x_norm: Tensor | None = None
+    lengths: Tensor | None = None
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -83,6 +92,25 @@ class PreparedSequences:
     def slice(self, start: int, stop: int) -> PreparedSequences:
         """Items ``start:stop`` (views, no copy)."""
         return PreparedSequences(*(None if t is None else t[start:stop] for t in self._tensors()))
+
+    def take(self, index: Tensor, length: int) -> PreparedSequences:
+        """Items ``index`` (a copy) cut to their first ``length`` positions, which must hold every
+        one of them; ``lengths`` is dropped when they all have that length (no masking needed)."""
+        lengths = None
+        if self.lengths is not None:
+            lengths = self.lengths[index]
+            if bool((lengths == length).all()):
+                lengths = None
+        return PreparedSequences(
+            x=self.x[index, :length],
+            scaled_query=_take(self.scaled_query, index, length),
+            reference=_take(self.reference, index, length),
+            gram=None if self.gram is None else self.gram[index, :length, :length],
+            reference_sqnorm=_take(self.reference_sqnorm, index, length),
+            max_query_norm=_take(self.max_query_norm, index, None),
+            max_x_norm=_take(self.max_x_norm, index, None),
+            lengths=lengths,
+        )
 
     def _tensors(self) -> tuple[Tensor | None, ...]:
         return (
@@ -93,7 +121,14 @@ class PreparedSequences:
             self.reference_sqnorm,
             self.max_query_norm,
             self.max_x_norm,
+            self.lengths,
         )
+
+
+def _take(t: Tensor | None, index: Tensor, length: int | None) -> Tensor | None:
+    if t is None:
+        return None
+    return t[index] if length is None else t[index, :length]
 
 
 def _accumulation_dtype(t: Tensor) -> torch.dtype:
@@ -115,6 +150,50 @@ def _check_sequences(name: str, x: Tensor, dim: int) -> None:
         raise ValueError(f"{name} must have shape (N, S, {dim}); got {tuple(x.shape)}")
     if x.shape[1] == 0:
         raise ValueError(f"{name} has sequence length 0; every item needs at least one element")
+
+
+def _check_lengths(name: str, lengths: Tensor | None, x: Tensor) -> Tensor | None:
+    """``lengths`` as int64 on ``x``'s device after checking it fits ``x`` (N, S, D), or None
+    when every item has length S; raises ValueError naming ``name``."""
+    if lengths is None:
+        return None
+    lengths = torch.as_tensor(lengths)
+    num, size = x.shape[:2]
+    if lengths.dim() != 1 or len(lengths) != num:
+        raise ValueError(
+            f"{name} must be a 1-D tensor with one length per item ({num}); "
+            f"got shape {tuple(lengths.shape)}"
+        )
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integers; got dtype {lengths.dtype}")
+    lengths = lengths.to(device=x.device, dtype=torch.int64)
+    if num and not bool(((lengths >= 1) & (lengths <= size)).all()):
+        low, high = int(lengths.min()), int(lengths.max())
+        raise ValueError(
+            f"{name} must lie in [1, {size}] (the padded length); got values from {low} to {high}"
+        )
+    if num == 0 or bool((lengths == size).all()):
+        return None
+    return lengths
+
+
+def _valid_mask(lengths: Tensor, size: int) -> Tensor:
+    """(N,) lengths -> (N, size) bool, True at the positions an item really has."""
+    return torch.arange(size, device=lengths.device) < lengths[:, None]
+
+
+def _length_tiles(lengths: list[int], max_rows: int) -> list[tuple[int, int, int]]:
+    """Consecutive tiles ``(start, stop, length)`` over ``lengths`` sorted in decreasing order:
+    each holds as many items as fit ``max_rows`` rows when padded to its first (longest) item,
+    and at least one. Equal lengths S give tiles of ``max_rows // S`` items, as the
+    equal-length path does."""
+    tiles, start = [], 0
+    while start < len(lengths):
+        length = lengths[start]
+        stop = min(len(lengths), start + max(1, max_rows // length))
+        tiles.append((start, stop, length))
+        start = stop
+    return tiles
 
 
 class DualAttentionMatcher(nn.Module):
@@ -155,22 +234,59 @@ class DualAttentionMatcher(nn.Module):
         return [f.view_as(x) for f, x in zip(filtered.split(sizes), sequences, strict=True)]
 
     @staticmethod
-    def _attend(query: Tensor, keys: Tensor) -> Tensor:
-        """Eq. 2-3: softmax(query . keys) weighted sum of keys, per item."""
-        return DualAttentionMatcher._weights(query, keys) @ keys
-
-    @staticmethod
     def _weights(query: Tensor, keys: Tensor) -> Tensor:
         """Eq. 2 and the softmax of Eq. 3: (N, Sq, Sk) attention of each query row over keys."""
         return torch.softmax(query @ keys.transpose(1, 2), dim=-1)
 
-    def prepare(self, x: Tensor) -> PreparedSequences:
-        """Per-item tensors of ``x`` (N, S, D); in training mode BN uses this batch's statistics."""
+    def _filter_valid(self, x: Tensor, valid: Tensor) -> Tensor:
+        """Eq. 1 on the ``valid`` (N, S) elements of ``x`` only, so that padding never enters
+        a BatchNorm batch statistic; zero at padded positions."""
+        assert self.transform is not None
+        filtered = self.transform(x[valid])
+        out = filtered.new_zeros(*x.shape[:2], filtered.shape[-1])
+        out[valid] = filtered
+        return out
+
+    @staticmethod
+    def _attend(query: Tensor, keys: Tensor, valid: Tensor | None = None) -> Tensor:
+        """Eq. 2-3: softmax(query . keys) weighted sum of keys, per item. With ``valid`` (N, S)
+        the softmax runs over an item's real keys only, and padded query rows give zero."""
+        if valid is None:
+            return DualAttentionMatcher._weights(query, keys) @ keys
+        logits = (query @ keys.transpose(1, 2)).masked_fill(~valid[:, None, :], -math.inf)
+        attended = torch.softmax(logits, dim=-1) @ keys
+        return attended.masked_fill(~valid[:, :, None], 0.0)
+
+    def prepare(self, x: Tensor, lengths: Tensor | None = None) -> PreparedSequences:
+        """Per-item tensors of ``x`` (N, S, D); in training mode BN uses this batch's statistics.
+
+        With ``lengths`` (N,), ``x`` is a zero-padded batch: item k is ``x[k, :lengths[k]]``, and
+        whatever the padding holds is ignored. Padding common to all items is cut off, so equal
+        lengths give exactly the tensors of the unpadded batch.
+        """
         _check_sequences("x", x, self.dim)
+        lengths = _check_lengths("lengths", lengths, x)
+        valid = None
+        if lengths is not None:
+            shortest, longest = int(lengths.min()), int(lengths.max())
+            x = x[:, :longest]
+            if shortest == longest:
+                lengths = None
+            else:
+                if self.mode == "intra":
+                    raise ValueError(
+                        "mode 'intra' compares position i with position i and needs equal "
+                        f"sequence lengths; got lengths from {shortest} to {longest}"
+                    )
+                valid = _valid_mask(lengths, longest)
+                x = x.masked_fill(~valid[:, :, None], 0.0)
         if self.mode == "avgpool":
-            return PreparedSequences(x)
-        (query,) = self._filter(x)
-        reference = x if self.mode == "inter" else self._attend(query, x)
+            return PreparedSequences(x, lengths=lengths)
+        if valid is None:
+            (query,) = self._filter(x)
+        else:
+            query = self._filter_valid(x, valid)
+        reference = x if self.mode == "inter" else self._attend(query, x, valid)
         dtype = _accumulation_dtype(reference)
         scaled_query = query * _LOG2E
         gram = None if self.mode == "intra" else (x @ x.transpose(1, 2)).to(dtype)
@@ -182,6 +298,7 @@ class DualAttentionMatcher(nn.Module):
             reference_sqnorm=reference.to(dtype).square().sum(-1),
             max_query_norm=_max_norm(scaled_query.detach()),
             max_x_norm=_max_norm(x.detach()),
+            lengths=lengths,
         )
 
     # ----------------------------------------------------------------- aligned pairs
@@ -234,15 +351,34 @@ class DualAttentionMatcher(nn.Module):
 
     # ----------------------------------------------------------------- all pairs
     def pairwise(
-        self, xq: Tensor, xg: Tensor | None = None, *, max_tile_bytes: int | None = None
+        self,
+        xq: Tensor,
+        xg: Tensor | None = None,
+        *,
+        q_lengths: Tensor | None = None,
+        g_lengths: Tensor | None = None,
+        max_tile_bytes: int | None = None,
     ) -> Tensor:
         """The (Q, G) distance matrix of every ``xq`` (Q, Sq, D) against every ``xg`` (G, Sg, D).
 
-        ``xg=None`` (or ``xg is xq``) compares a batch with itself and prepares it once, as
-        training does. Differentiable when grad is enabled; without grad it runs in place.
+        ``xg=None`` (or ``xg is xq`` with the same lengths) compares a batch with itself and
+        prepares it once, as training does. Differentiable when grad is enabled; without grad it
+        runs in place.
+
+        ``q_lengths`` / ``g_lengths`` (1-D integer tensors) make ``xq`` / ``xg`` zero-padded
+        batches of variable-length sequences: item k is ``x[k, :lengths[k]]``, and the result is
+        that of the unpadded sequences (no padded position enters a softmax, a mean, a norm or a
+        BatchNorm statistic; whatever the padding holds is ignored). Modes dual, inter and
+        avgpool; intra needs equal lengths. Items are sorted by length and tiled so that the
+        products stay large and nearly free of padding (docs/design.md#variable-length).
         """
-        prepared_q = self.prepare(xq)
-        prepared_g = prepared_q if xg is None or xg is xq else self.prepare(xg)
+        if xg is None and g_lengths is not None:
+            raise ValueError("g_lengths given without xg; pass q_lengths to compare xq with itself")
+        prepared_q = self.prepare(xq, q_lengths)
+        if xg is None or (xg is xq and g_lengths is q_lengths):
+            prepared_g = prepared_q
+        else:
+            prepared_g = self.prepare(xg, g_lengths)
         return self.pairwise_prepared(prepared_q, prepared_g, max_tile_bytes=max_tile_bytes)
 
     def pairwise_prepared(
@@ -255,6 +391,8 @@ class DualAttentionMatcher(nn.Module):
         """``pairwise`` on tensors from
         [`prepare`][duatm.models.matching.DualAttentionMatcher.prepare] (e.g. a cached gallery
         index)."""
+        if query.lengths is not None or gallery.lengths is not None:
+            return self._pairwise_variable(query, gallery, max_tile_bytes)
         num_q, len_q = query.x.shape[:2]
         num_g, len_g = gallery.x.shape[:2]
         if self.mode == "intra" and len_q != len_g:
@@ -293,6 +431,51 @@ class DualAttentionMatcher(nn.Module):
                         q_tile, g_tile, workspace, shift
                     )
         return (out + out.T) / 2 if one_direction else out
+
+    def _pairwise_variable(
+        self, query: PreparedSequences, gallery: PreparedSequences, max_tile_bytes: int | None
+    ) -> Tensor:
+        """``pairwise_prepared`` when some items are shorter than their batch's padded length.
+
+        Both sides are sorted by decreasing length and cut into tiles of about the equal-length
+        path's rows (items x padded length), each padded only to its own longest item: the
+        products keep their size and carry little padding, and a tile of equal lengths needs
+        no masking at all. The query tiles are gathered once (a copy of the query set), each
+        gallery tile once; the result is put back in the callers' order.
+        """
+        device = query.x.device
+        dtype = _accumulation_dtype(query.x)
+        num_q, num_g = len(query), len(gallery)
+        if self.mode == "avgpool":
+            return _euclidean(_masked_mean(query), _masked_mean(gallery))
+        if num_q == 0 or num_g == 0:
+            return torch.zeros(num_q, num_g, device=device, dtype=dtype)
+        grad = torch.is_grad_enabled()
+        len_q, len_g = query.x.shape[1], gallery.x.shape[1]
+        tile_q, tile_g = self.tile_shape(
+            num_q, num_g, len_q, len_g, device, dtype, grad, max_tile_bytes
+        )
+        rows_q, rows_g = tile_q * len_q, tile_g * len_g
+        one_direction = gallery is query
+        order_q, tiles_q = _sorted_tiles(query, rows_q)
+        order_g, tiles_g = (order_q, tiles_q) if one_direction else _sorted_tiles(gallery, rows_g)
+        query_tiles = [query.take(order_q[a:b], length) for a, b, length in tiles_q]
+        workspace = (
+            torch.empty(2, rows_q * rows_g, device=device, dtype=dtype) if not grad else None
+        )
+        shift = _logits_may_overflow(query, gallery, dtype)
+        out = torch.empty(num_q, num_g, device=device, dtype=dtype)
+        for g0, g1, length in tiles_g:
+            g_tile = gallery.take(order_g[g0:g1], length)
+            for (q0, q1, _), q_tile in zip(tiles_q, query_tiles, strict=True):
+                if one_direction:
+                    out[g0:g1, q0:q1] = _directed_distance(q_tile, g_tile, workspace, shift)
+                else:
+                    out[q0:q1, g0:g1] = self._tile_distances(q_tile, g_tile, workspace, shift)
+        if one_direction:
+            out = (out + out.T) / 2
+        # out[i, j] compares query order_q[i] with gallery order_g[j]; undo both sorts.
+        return out[_inverse(order_q)[:, None], _inverse(order_g)[None, :]]
 
     def tile_shape(
         self,
@@ -340,6 +523,32 @@ class DualAttentionMatcher(nn.Module):
         forward = _directed_distance(query, gallery, workspace, shift)  # (Ng, Nq)
         backward = _directed_distance(gallery, query, workspace, shift)  # (Nq, Ng)
         return forward.T / 2 + backward / 2
+
+
+def _masked_mean(prepared: PreparedSequences) -> Tensor:
+    """(N, D) mean of each item's own elements (the padding is zero, so a sum over S works)."""
+    if prepared.lengths is None:
+        return prepared.x.mean(1)
+    return prepared.x.sum(1) / prepared.lengths[:, None].to(prepared.x.dtype)
+
+
+def _sorted_tiles(
+    prepared: PreparedSequences, max_rows: int
+) -> tuple[Tensor, list[tuple[int, int, int]]]:
+    """Item order by decreasing length (stable) and the tiles of :func:`_length_tiles` over it."""
+    if prepared.lengths is None:
+        num, size = prepared.x.shape[:2]
+        order = torch.arange(num, device=prepared.x.device)
+        return order, _length_tiles([size] * num, max_rows)
+    order = torch.sort(prepared.lengths, descending=True, stable=True).indices
+    return order, _length_tiles(prepared.lengths[order].tolist(), max_rows)
+
+
+def _inverse(order: Tensor) -> Tensor:
+    """The permutation that undoes ``order``."""
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    return inverse
 
 
 def _euclidean(a: Tensor, b: Tensor) -> Tensor:
@@ -418,6 +627,12 @@ def _directed_distance(
     other_x = other.x.reshape(-1, dim)
     logits = _products(other_x, anchor.scaled_query.reshape(-1, dim), buffers[0])
     cross = _products(other_x, anchor.reference.reshape(-1, dim), buffers[1])
+    if other.lengths is not None:
+        # Padded keys of b get logit -inf, so exp2 gives them weight exactly 0 (their x rows and
+        # Gram rows are zero, so their cross and Gram terms are 0 already).
+        padded_keys = (~_valid_mask(other.lengths, len_b)).flatten().nonzero().squeeze(1)
+        fill = logits.index_fill_ if workspace is not None else logits.index_fill
+        logits = fill(0, padded_keys, -math.inf)
     logits, cross = logits.view(num_b, len_b, rows), cross.view(num_b, len_b, rows)
     if workspace is not None:
         if shift:
@@ -432,4 +647,10 @@ def _directed_distance(
         weights = weights / weights.sum(1, keepdim=True)
         terms = torch.baddbmm(cross, other.gram, weights, beta=-2) * weights
     squared = terms.sum(1) + anchor.reference_sqnorm.reshape(1, rows)
-    return _safe_sqrt(squared).view(num_b, num_a, len_a).mean(-1)
+    distances = _safe_sqrt(squared).view(num_b, num_a, len_a)
+    if anchor.lengths is None:
+        return distances.mean(-1)
+    # Eq. 5's mean over the anchor's own elements: padded rows (finite, from zero filters and
+    # references) are weighted 0.
+    valid = _valid_mask(anchor.lengths, len_a).to(distances.dtype)
+    return (distances * valid).sum(-1) / anchor.lengths.to(distances.dtype)
