@@ -8,10 +8,17 @@ the peak working memory of `pairwise_prepared` for two tile budgets x two galler
 it is set by the tile budget, not by the gallery. Also the forward + backward time of a training batch's B x B
 distances, computed the way training does (the batch against itself) and by the general path.
 
+With ``--mixed-min-length L`` it also times a gallery of mixed lengths (uniform in [L, S], a
+zero-padded batch with ``g_lengths``; queries at S), whose efficiency counts the essential work
+of the unpadded pairs, 8 Sq Sg D each. ``--estimate Q G`` prints the time of a Q x G test at the
+measured rates. ``--video`` is the video case: S=64 frames, a mixed gallery from 8 frames, and
+the full MARS test (1,980 x 9,330 tracklets).
+
 Timings interleave the contenders over several rounds and keep each one's best, so that load
 from other processes hits them alike.
 
     python benchmarks/matcher.py --queries 256 --gallery 1024
+    python benchmarks/matcher.py --video --queries 256 --gallery 1024
 """
 
 from __future__ import annotations
@@ -86,11 +93,51 @@ def training_batch_seconds(
     return interleaved_best(contenders, rounds, sync)
 
 
+# The full MARS test: query x gallery tracklets (DESIGN §3).
+MARS_TEST = (1980, 9330)
+VIDEO_LENGTH = 64  # frames of a test clip (paper Sec. 4.1)
+VIDEO_MIN_LENGTH = 8
+
+
+def padded_mixed(
+    n: int, length: int, min_length: int, dim: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` unit sequences with lengths uniform in [min_length, length], zero-padded to
+    ``length`` with garbage in the padding, and their lengths."""
+    lengths = torch.randint(min_length, length + 1, (n,))
+    x = unit(n, length, dim, device)
+    padding = torch.arange(length)[None, :] >= lengths[:, None]
+    x[padding.to(device)] = 7.0
+    return x, lengths.to(device)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, default=256)
     parser.add_argument("--gallery", type=int, default=1024)
-    parser.add_argument("--length", type=int, default=32, help="sequence length S")
+    parser.add_argument(
+        "--length", type=int, default=None, help="sequence length S (default 32; 64 with --video)"
+    )
+    parser.add_argument(
+        "--video",
+        action="store_true",
+        help=f"the video case: S={VIDEO_LENGTH}, a mixed gallery from {VIDEO_MIN_LENGTH} frames, "
+        f"and the MARS test time ({MARS_TEST[0]:,} x {MARS_TEST[1]:,})",
+    )
+    parser.add_argument(
+        "--mixed-min-length",
+        type=int,
+        default=None,
+        help="also time a gallery with lengths uniform in [this, S] (padded, with g_lengths)",
+    )
+    parser.add_argument(
+        "--estimate",
+        type=int,
+        nargs=2,
+        metavar=("Q", "G"),
+        default=None,
+        help="print the time of a Q x G test at the measured rates",
+    )
     parser.add_argument("--dim", type=int, default=256, help="element dimension D")
     parser.add_argument(
         "--naive-pairs", type=int, default=2048, help="pairs timed on the naive path"
@@ -120,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args(argv)
 
+    if args.length is None:
+        args.length = VIDEO_LENGTH if args.video else 32
+    if args.video:
+        args.mixed_min_length = args.mixed_min_length or VIDEO_MIN_LENGTH
+        args.estimate = args.estimate or list(MARS_TEST)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -162,13 +214,32 @@ def main(argv: list[str] | None = None) -> int:
         "pairwise": fast,
         **{f"naive/{c}": naive(c) for c in args.naive_chunks},
     }
+    mixed_pairs_flops = 0
+    if args.mixed_min_length is not None:
+        xm, m_lengths = padded_mixed(num_g, s, args.mixed_min_length, d, device)
+        mixed_pairs_flops = 8 * d * s * int(m_lengths.sum())  # queries all at S
+
+        def mixed() -> torch.Tensor:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast_bf16):
+                return matcher.pairwise(xq, xm, g_lengths=m_lengths, max_tile_bytes=budget)
+
+        contenders["mixed"] = mixed
     with torch.inference_mode():
+        atol = 2e-2 if args.autocast_bf16 else 1e-5
         torch.testing.assert_close(  # same numbers on the pairs both paths compute
             matcher(xq[naive_q[:64]], xg[naive_g[:64]]),
             fast()[naive_q[:64], naive_g[:64]],
-            atol=2e-2 if args.autocast_bf16 else 1e-5,
+            atol=atol,
             rtol=0,
         )
+        if args.mixed_min_length is not None:
+            # A mixed-length pair is the pair of the unpadded sequences.
+            got = mixed()
+            for j in range(0, num_g, max(1, num_g // 16)):
+                own = xm[j : j + 1, : int(m_lengths[j])]
+                torch.testing.assert_close(
+                    matcher(xq[:4], own.expand(4, -1, -1)), got[:4, j], atol=atol, rtol=0
+                )
         best = interleaved_best(contenders, args.rounds, sync)
 
     peak = 2 * args.square**3 / best["square"]
@@ -216,6 +287,26 @@ def main(argv: list[str] | None = None) -> int:
             f"{fast_rate * best[f'naive/{smallest}'] / args.naive_pairs:.1f}x",
         ),
     ]
+    if args.mixed_min_length is not None:
+        mixed_rate = num_q * num_g / best["mixed"]
+        mixed_flops = mixed_pairs_flops * num_q / best["mixed"]
+        rows += [
+            (
+                f"mixed gallery (lengths {args.mixed_min_length}..{s}, mean "
+                f"{mixed_pairs_flops / (8 * d * s * num_g):.1f}) pairs/s",
+                f"{mixed_rate:,.0f}",
+            ),
+            ("mixed GFLOP/s (8 Sq Sg D per unpadded pair)", f"{mixed_flops / 1e9:.1f}"),
+            ("mixed efficiency vs peak", f"{mixed_flops / peak:.2f}"),
+        ]
+    if args.estimate is not None:
+        est_q, est_g = args.estimate
+        rows.append(
+            (
+                f"estimated {est_q:,} x {est_g:,} test at S={s}, equal lengths (s)",
+                f"{est_q * est_g / fast_rate:,.0f}",
+            )
+        )
     train = training_batch_seconds(d, s, args.batch, device, args.rounds, sync)
     rows += [
         (
