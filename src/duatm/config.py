@@ -29,6 +29,8 @@ from duatm.atomic import atomic_write_text
 from duatm.data.clips import CLIP_STARTS, TEST_CLIP_MODES
 from duatm.data.datasets.registry import DATASETS
 from duatm.models.backbones import BACKBONE_NAMES
+from duatm.models.duatm import MODEL_KINDS
+from duatm.models.extractor import RNN_KINDS
 from duatm.models.matching import MATCHER_MODES
 
 # The configs shipped with the package (`configs/` in a clone links here); `load_config("synthped")`.
@@ -56,6 +58,14 @@ class ModelConfig:
     mode: str = "dual"  # matcher variant, one of MATCHER_MODES (paper Table 2)
     drop_last_pool: bool = (
         False  # keep a larger last feature map (longer sequences) for small images
+    )
+    # "image" (S = feature-map positions) or "video" (S = frames, through a bidirectional
+    # recurrent layer; docs/design.md#recurrent-layer); must fit the dataset's records.
+    kind: str = "image"
+    rnn: str = "gru"  # video: the bidirectional recurrent layer, "gru" or "lstm"
+    rnn_hidden: int | None = None  # video: units per direction of the recurrent layer; null = dim
+    frame_chunk: int = (
+        64  # video: frames per backbone call at evaluation (bounds memory; same results)
     )
 
 
@@ -241,6 +251,15 @@ def validate_config(cfg: DuATMConfig) -> None:
     _check("model.pretrained", m.pretrained, m.pretrained != "", '"imagenet", a path or null')
     _check("model.dim", m.dim, m.dim >= 1, "a positive integer")
     _check("model.mode", m.mode, m.mode in MATCHER_MODES, _one_of(MATCHER_MODES))
+    _check("model.kind", m.kind, m.kind in MODEL_KINDS, _one_of(MODEL_KINDS))
+    _check("model.rnn", m.rnn, m.rnn in RNN_KINDS, _one_of(RNN_KINDS))
+    _check(
+        "model.rnn_hidden",
+        m.rnn_hidden,
+        m.rnn_hidden is None or m.rnn_hidden >= 1,
+        "a positive integer or null (= model.dim)",
+    )
+    _check("model.frame_chunk", m.frame_chunk, m.frame_chunk >= 1, "a positive integer")
     _check("data.dataset", d.dataset, d.dataset in DATASETS, _one_of(DATASETS))
     _check("data.root", d.root, bool(d.root), "a folder path")
     _check("data.height", d.height, d.height >= 1, "a positive integer")
@@ -253,6 +272,20 @@ def validate_config(cfg: DuATMConfig) -> None:
     _check("data.flip_prob", d.flip_prob, 0.0 <= d.flip_prob <= 1.0, "a probability in [0, 1]")
     _check("data.random_erasing", d.random_erasing, 0.0 <= d.random_erasing <= 1.0, "in [0, 1]")
     _check("data.test_batch_size", d.test_batch_size, d.test_batch_size >= 1, "a positive integer")
+    # A video model reads tracklets, an image model images: the dataset decides which it gets.
+    needed = "video" if DATASETS[d.dataset].unit == "tracklets" else "image"
+    _check(
+        "model.kind",
+        m.kind,
+        m.kind == needed,
+        f'"{needed}" for dataset {d.dataset} (it holds {DATASETS[d.dataset].unit})',
+    )
+    _check(
+        "model.mode",
+        m.mode,
+        m.kind == "image" or m.mode != "intra" or d.test_clip_mode != "all",
+        'dual, inter or avgpool with data.test_clip_mode "all" (intra needs equal lengths)',
+    )
     num_splits = DATASETS[d.dataset].num_splits
     _check(
         "data.split",

@@ -17,11 +17,13 @@ from torch.func import functional_call
 from torch.utils.data import DataLoader
 
 from duatm.config import ConfigError, DuATMConfig
+from duatm.data.clips import ClipSampler, evaluation_clip_sampler
 from duatm.data.datasets import ReIDDataset, build_dataset
 from duatm.data.image_dataset import ImageDataset
-from duatm.data.records import ImageRecord
+from duatm.data.records import ImageRecord, TrackletRecord
 from duatm.data.samplers import IdentityBatchSampler
-from duatm.data.transforms import build_test_transform, build_train_transform
+from duatm.data.transforms import PixelPipeline, build_test_transform, build_train_transform
+from duatm.data.video_dataset import VideoDataset, collate_clips
 from duatm.engine.seed import worker_init_fn
 from duatm.models.duatm import DuATM
 
@@ -67,6 +69,10 @@ def build_model(cfg: DuATMConfig, num_classes: int, *, load_pretrained: bool = T
         mode=m.mode,
         pretrained=m.pretrained if load_pretrained else None,
         drop_last_pool=m.drop_last_pool,
+        kind=m.kind,
+        rnn=m.rnn,
+        rnn_hidden=m.rnn_hidden,
+        frame_chunk=m.frame_chunk,
     )
     check_input_size(model, cfg)
     return model
@@ -108,11 +114,34 @@ def check_input_size(model: DuATM, cfg: DuATMConfig) -> None:
 _ACCEPTED_SIZES: set[tuple[str, bool, int, int]] = set()
 
 
+Records = Sequence[ImageRecord] | Sequence[TrackletRecord]
+
+
+def _pixel_dataset(
+    cfg: DuATMConfig, records: Records, transform: PixelPipeline, clips: ClipSampler
+) -> ImageDataset | VideoDataset:
+    """An ImageDataset, or for ``model.kind="video"`` a VideoDataset cutting clips with
+    ``clips``; both decode, skip and cache as ``data`` says."""
+    d = cfg.data
+    options = {"skip_broken": d.skip_broken_images, "cache": d.cache_images}
+    if cfg.model.kind == "video":
+        return VideoDataset(records, transform, clips, **options)  # type: ignore[arg-type]
+    return ImageDataset(records, transform, **options)  # type: ignore[arg-type]
+
+
+def _collate(dataset: ImageDataset | VideoDataset) -> Any:
+    """Clips of the ``all`` mode differ in length and are padded; images use the default."""
+    return collate_clips if isinstance(dataset, VideoDataset) else None
+
+
 def build_train_loader(
-    cfg: DuATMConfig, records: Sequence[ImageRecord], *, rank: int = 0, world_size: int = 1
+    cfg: DuATMConfig, records: Records, *, rank: int = 0, world_size: int = 1
 ) -> tuple[DataLoader[Any], IdentityBatchSampler]:
     """P x V identity batches with the training augmentation, and the sampler that orders them
     (``rank``'s share of each global step when ``world_size`` processes train together).
+
+    Images, or for a video model clips of ``data.clip_len`` frames starting as
+    ``data.clip_start`` says (one augmentation per clip); P x V then counts tracklets.
 
     Call ``sampler.set_epoch(e)`` and ``loader.generator.manual_seed(...)`` before each epoch;
     the trainer does both so that an epoch's batches and augmentations depend only on
@@ -122,9 +151,7 @@ def build_train_loader(
     transform = build_train_transform(
         d.height, d.width, pad=d.pad, flip_prob=d.flip_prob, random_erasing=d.random_erasing
     )
-    dataset = ImageDataset(
-        records, transform, skip_broken=d.skip_broken_images, cache=d.cache_images
-    )
+    dataset = _pixel_dataset(cfg, records, transform, ClipSampler(d.clip_len, d.clip_start))
     try:
         sampler = IdentityBatchSampler(
             dataset.pids,
@@ -145,23 +172,26 @@ def build_train_loader(
         worker_init_fn=functools.partial(worker_init_fn, rank=rank),
         generator=torch.Generator().manual_seed(cfg.seed),
         persistent_workers=False,
+        collate_fn=_collate(dataset),
     )
     return loader, sampler
 
 
-def build_test_loader(cfg: DuATMConfig, records: Sequence[ImageRecord]) -> DataLoader[Any]:
-    """Query or gallery images in their dataset order, without augmentation."""
+def build_test_loader(cfg: DuATMConfig, records: Records) -> DataLoader[Any]:
+    """Query or gallery images (or tracklets' evaluation clips: ``data.test_clip_len`` frames,
+    or every frame in the ``all`` mode) in their dataset order, without augmentation."""
     d = cfg.data
-    dataset = ImageDataset(
+    dataset = _pixel_dataset(
+        cfg,
         records,
         build_test_transform(d.height, d.width),
-        skip_broken=d.skip_broken_images,
-        cache=d.cache_images,
+        evaluation_clip_sampler(d.test_clip_mode, d.test_clip_len, d.test_clip_start),
     )
     return DataLoader(
         dataset,
         batch_size=d.test_batch_size,
         shuffle=False,
+        collate_fn=_collate(dataset),
         num_workers=d.num_workers,
         pin_memory=torch.cuda.is_available(),
         # Its own generator: creating the iterator then draws nothing from the global RNG, so

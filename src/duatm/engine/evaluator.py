@@ -27,7 +27,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from duatm.atomic import atomic_write_text
-from duatm.data.transforms import normalise
+from duatm.config import ConfigError
+from duatm.data.batches import batch_pixels
+from duatm.data.clips import ClipSampler
 from duatm.engine.blockwise import blockwise_rank_metrics
 from duatm.engine.builders import autocast_for
 from duatm.engine.distributed import SINGLE, DistContext, all_gather_cat
@@ -65,11 +67,18 @@ class SplitEvaluation(NamedTuple):
 
 
 class ExtractedSequences(NamedTuple):
-    """Sequences of a query or gallery set (on the model's device) and their labels."""
+    """Sequences of a query or gallery set (on the model's device) and their labels.
 
-    sequences: Tensor  # (N, S, D) float32
+    Without ``lengths`` every item has S elements and ``sequences`` is (N, S, D). With
+    ``lengths`` (N,) (video in the ``all`` mode, one element per frame of each tracklet)
+    ``sequences`` is packed: (lengths.sum(), D), item k's elements following item k-1's, so
+    that one very long tracklet does not make every item as long.
+    """
+
+    sequences: Tensor  # (N, S, D) float32, or (sum of lengths, D) when lengths are given
     pids: Tensor  # (N,) int64, on the CPU
     camids: Tensor  # (N,) int64, on the CPU
+    lengths: Tensor | None = None  # (N,) int64, on the CPU: variable-length items only
 
 
 def extract(
@@ -82,42 +91,114 @@ def extract(
     desc: str = "extract",
     progress: bool = True,
 ) -> ExtractedSequences:
-    """Sequences of every image the loader yields, in order (the model is put in eval mode)."""
+    """Sequences of every image or clip the loader yields, in order (the model is put in eval
+    mode); clips of different lengths (the ``all`` mode) come back packed."""
     model.eval()
-    chunks, pids, camids = [], [], []
+    chunks, pids, camids, lengths = [], [], [], []
+    variable = False
     total = len(loader.dataset)  # type: ignore[arg-type]
-    with Progress(total=total, desc=desc, unit="img", enabled=progress) as bar:
+    with Progress(total=total, desc=desc, unit="item", enabled=progress) as bar:
         for batch in loader:
-            chunks.append(extract_batch(model, batch["image"], device, flip=flip, amp=amp))
+            pixels, batch_lengths = batch_pixels(batch)
+            sequences = extract_batch(
+                model, pixels, device, lengths=batch_lengths, flip=flip, amp=amp
+            )
+            size = sequences.shape[1]
+            # Padded clips, or batches of different clip lengths: items differ in length.
+            variable |= batch_lengths is not None or bool(chunks and size != chunks[0].shape[1])
+            if batch_lengths is None:
+                batch_lengths = torch.full((len(sequences),), size, dtype=torch.int64)
+            chunks.append(sequences)
+            lengths.append(batch_lengths)
             pids.append(batch["pid"])
             camids.append(batch["camid"])
-            bar.update(len(batch["image"]))
+            bar.update(len(pixels))
     if not chunks:
-        raise ValueError(f"{desc}: the loader yielded no images")
-    return ExtractedSequences(torch.cat(chunks), torch.cat(pids), torch.cat(camids))
+        raise ValueError(f"{desc}: the loader yielded no items")
+    if not variable:
+        return ExtractedSequences(torch.cat(chunks), torch.cat(pids), torch.cat(camids))
+    packed = torch.cat(
+        [
+            seqs[_valid(n, seqs.shape[1]).to(seqs.device)]
+            for seqs, n in zip(chunks, lengths, strict=True)
+        ]
+    )
+    return ExtractedSequences(packed, torch.cat(pids), torch.cat(camids), torch.cat(lengths))
 
 
 def extract_batch(
-    model: DuATM, images: Tensor, device: torch.device, *, flip: bool = False, amp: bool = False
+    model: DuATM,
+    pixels: Tensor,
+    device: torch.device,
+    *,
+    lengths: Tensor | None = None,
+    flip: bool = False,
+    amp: bool = False,
 ) -> Tensor:
-    """float32 sequences (B, S, D) on ``device`` of a uint8 batch (B, 3, H, W) from a pixel
-    pipeline: the one extraction step that evaluation, indexing and :func:`duatm.load`'s
-    ``extract`` share, so that they give the same numbers."""
-    pixels = normalise(images.to(device, non_blocking=True))
+    """float32 sequences (B, S, D) on ``device`` of a uint8 batch from a pixel pipeline: images
+    (B, 3, H, W), or clips (B, T, 3, H, W) with optional ``lengths`` (zero beyond each). The
+    one extraction step that evaluation, indexing and :func:`duatm.load`'s ``extract`` share,
+    so that they give the same numbers; the model normalises the pixels on ``device``."""
+    pixels = pixels.to(device, non_blocking=True)
     with autocast_for(device, amp):
-        sequences = model.extract_sequences(pixels, flip=flip)
+        sequences = model.extract_sequences(pixels, lengths=lengths, flip=flip)
     return sequences.float()
 
 
 def distance_matrix(
     model: DuATM, query: ExtractedSequences, gallery: ExtractedSequences, *, tile_mb: int
 ) -> Tensor:
-    """The (Q, G) matcher distances on the CPU, computed in tiles of at most ``tile_mb`` MiB."""
+    """The (Q, G) matcher distances on the CPU, computed in tiles of at most ``tile_mb`` MiB.
+
+    Variable-length sets are cut into buckets of similar length (each zero-padded to its
+    longest item, at most about twice its shortest), prepared once per bucket, and compared
+    bucket by bucket with the matcher's variable-length ``pairwise_prepared``.
+    """
+    matcher, budget = model.matcher, tile_mb << 20
     with torch.inference_mode():
-        distances = model.matcher.pairwise(
-            query.sequences, gallery.sequences, max_tile_bytes=tile_mb << 20
-        )
-    return distances.cpu()
+        if query.lengths is None and gallery.lengths is None:
+            return matcher.pairwise(query.sequences, gallery.sequences, max_tile_bytes=budget).cpu()
+        query_buckets = [(i, matcher.prepare(x, n)) for i, x, n in length_buckets(query)]
+        gallery_buckets = [(i, matcher.prepare(x, n)) for i, x, n in length_buckets(gallery)]
+        distances = torch.empty(len(query.pids), len(gallery.pids))
+        for q_index, q_prepared in query_buckets:
+            for g_index, g_prepared in gallery_buckets:
+                block = matcher.pairwise_prepared(q_prepared, g_prepared, max_tile_bytes=budget)
+                distances[q_index[:, None], g_index[None, :]] = block.cpu()
+    return distances
+
+
+def length_buckets(
+    extracted: ExtractedSequences, max_ratio: float = 2.0
+) -> list[tuple[Tensor, Tensor, Tensor | None]]:
+    """``(indices, zero-padded sequences (n, L, D), lengths (n,))`` per bucket of items whose
+    lengths lie within ``max_ratio`` of the bucket's longest L: padding stays below half of
+    each bucket however long the longest tracklet is. One bucket for equal lengths."""
+    if extracted.lengths is None:
+        return [(torch.arange(len(extracted.pids)), extracted.sequences, None)]
+    lengths = extracted.lengths
+    offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+    order = torch.sort(lengths, descending=True, stable=True).indices.tolist()
+    buckets, start = [], 0
+    while start < len(order):
+        longest = int(lengths[order[start]])
+        stop = start
+        while stop < len(order) and int(lengths[order[stop]]) * max_ratio >= longest:
+            stop += 1
+        members = order[start:stop]
+        padded = extracted.sequences.new_zeros(len(members), longest, extracted.sequences.shape[1])
+        for row, item in enumerate(members):
+            start_row, stop_row = int(offsets[item]), int(offsets[item + 1])
+            padded[row, : stop_row - start_row] = extracted.sequences[start_row:stop_row]
+        index = torch.tensor(members)
+        buckets.append((index, padded, lengths[index]))
+        start = stop
+    return buckets
+
+
+def _valid(lengths: Tensor, size: int) -> Tensor:
+    """(B, size) bool: True at the positions each item really has."""
+    return torch.arange(size) < lengths[:, None]
 
 
 def evaluate(
@@ -284,6 +365,12 @@ def _evaluate_blockwise(
     block_mb: int,
 ) -> tuple[RankMetrics, dict[str, float]]:
     """`evaluate` with the extraction shared out over the ranks and the metrics block by block."""
+    if any(_every_frame(loader) for loader in (query_loader, gallery_loader)):
+        raise ConfigError(
+            'data.test_clip_mode "all" (tracklets of different lengths) is evaluated in one '
+            "process without streaming for now; use test_clip_mode clip here, or evaluate the "
+            "checkpoint with duatm evaluate in one process"
+        )
     start = time.perf_counter()
     own_query = extract(
         model,
@@ -304,7 +391,7 @@ def _evaluate_blockwise(
         progress=progress,
     )
     # Every rank compares the whole query set with its gallery share.
-    query = ExtractedSequences(*(all_gather_cat(t, dist) for t in own_query))
+    query = ExtractedSequences(*(all_gather_cat(t, dist) for t in own_query[:3]))
     extracted = time.perf_counter()
     metrics, timings = blockwise_rank_metrics(
         model.matcher,
@@ -325,6 +412,12 @@ def _evaluate_blockwise(
         progress=progress,
     )
     return metrics, {"extract_s": extracted - start, **timings}
+
+
+def _every_frame(loader: DataLoader[Any]) -> bool:
+    """Whether the loader gives whole tracklets (the ``all`` mode: items of different lengths)."""
+    sampler = getattr(loader.dataset, "sampler", None)
+    return isinstance(sampler, ClipSampler) and sampler.length is None
 
 
 def shard_loader(loader: DataLoader[Any], dist: DistContext) -> DataLoader[Any]:

@@ -8,20 +8,28 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from duatm.data.transforms import normalise
 from duatm.models.backbones import build_backbone
-from duatm.models.extractor import ImageSequenceExtractor
+from duatm.models.extractor import ImageSequenceExtractor, VideoSequenceExtractor
 from duatm.models.matching import DualAttentionMatcher
 
-__all__ = ["DuATM"]
+__all__ = ["MODEL_KINDS", "DuATM"]
+
+#: What a model reads: images (S = feature-map positions) or video clips (S = frames).
+MODEL_KINDS = ("image", "video")
 
 
 class DuATM(nn.Module):
-    """Dual Attention Matching Network (Si et al., CVPR 2018) for images.
+    """Dual Attention Matching Network (Si et al., CVPR 2018) for images or video.
 
-    Parts: ``extractor`` (backbone CNN -> (B, S, D) unit-vector sequences), ``matcher`` (the
-    learned sequence distance, ablation ``mode`` fixed at construction) and ``classifier``
+    Parts: ``extractor`` (backbone CNN -> (B, S, D) unit-vector sequences: an
+    :class:`~duatm.models.extractor.ImageSequenceExtractor` for ``kind="image"``, a
+    :class:`~duatm.models.extractor.VideoSequenceExtractor` for ``kind="video"``), ``matcher``
+    (the learned sequence distance, ablation ``mode`` fixed at construction) and ``classifier``
     (``nn.Linear(dim, num_classes)``, used only by the training cross-entropy on randomly pooled
-    sequences; evaluation never touches it).
+    sequences; evaluation never touches it). The matcher, losses and engine are the same for
+    both kinds; video inputs are clips (B, T, 3, H, W), optionally with per-clip ``lengths``
+    for a zero-padded batch.
 
     The paper trains with the backbone frozen first and then end to end:
     [`freeze_backbone`][duatm.models.DuATM.freeze_backbone] and
@@ -37,6 +45,10 @@ class DuATM(nn.Module):
         pretrained: backbone weights: ``None``, ``"imagenet"`` or a state-dict path
             (see [`build_backbone`][duatm.models.backbones.build_backbone]).
         drop_last_pool: output stride 16 instead of 32 (twice as many rows and columns).
+        kind: ``"image"`` or ``"video"``.
+        rnn, rnn_hidden, frame_chunk: the video extractor's recurrent layer (``"gru"`` or
+            ``"lstm"``), its units per direction (default ``dim``) and frames per backbone call
+            in eval mode (see :class:`~duatm.models.extractor.VideoSequenceExtractor`).
     """
 
     def __init__(
@@ -48,12 +60,24 @@ class DuATM(nn.Module):
         mode: str = "dual",
         pretrained: str | os.PathLike[str] | None = None,
         drop_last_pool: bool = False,
+        kind: str = "image",
+        rnn: str = "gru",
+        rnn_hidden: int | None = None,
+        frame_chunk: int = 64,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes}")
-        self.extractor = ImageSequenceExtractor(
-            build_backbone(backbone, pretrained, drop_last_pool=drop_last_pool), dim
+        if kind not in MODEL_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
+        self.kind = kind
+        trunk = build_backbone(backbone, pretrained, drop_last_pool=drop_last_pool)
+        self.extractor: ImageSequenceExtractor | VideoSequenceExtractor = (
+            ImageSequenceExtractor(trunk, dim)
+            if kind == "image"
+            else VideoSequenceExtractor(
+                trunk, dim, rnn=rnn, hidden=rnn_hidden, frame_chunk=frame_chunk
+            )
         )
         self.matcher = DualAttentionMatcher(dim, mode)
         self.classifier = nn.Linear(dim, num_classes)
@@ -67,28 +91,43 @@ class DuATM(nn.Module):
     def backbone_frozen(self) -> bool:
         return self._backbone_frozen
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Images (B, 3, H, W) -> feature sequences (B, S, D), differentiable."""
-        return self.extractor(images)
+    def forward(self, inputs: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Images (B, 3, H, W) or clips (B, T, 3, H, W) -> feature sequences (B, S, D),
+        differentiable. ``lengths`` (B,): clip lengths of a zero-padded video batch."""
+        return self._extract(inputs, lengths, flip=False)
 
     @torch.inference_mode()
-    def extract_sequences(self, images: Tensor, *, flip: bool = False) -> Tensor:
+    def extract_sequences(
+        self, inputs: Tensor, *, lengths: Tensor | None = None, flip: bool = False
+    ) -> Tensor:
         """Sequences for evaluation or indexing, without autograd bookkeeping.
 
-        ``flip=True`` averages each image's sequence with its mirror image's (test-time
-        augmentation, see
-        [`mirror_averaged`][duatm.models.ImageSequenceExtractor.mirror_averaged]).
+        ``inputs`` are float (normalised) or uint8 pixels as the loaders give them (normalised
+        here; a video model does it chunk by chunk of frames). ``lengths`` (video only) makes
+        ``inputs`` a zero-padded batch of clips; their sequences are zero beyond each length.
+        ``flip=True`` averages each input's sequence with its mirror image's (test-time
+        augmentation, see the extractors' ``mirror_averaged``).
 
         This does not switch modes: call ``model.eval()`` first, otherwise BatchNorm uses (and
         updates) batch statistics. The result is an inference tensor (no grad, not usable in
         autograd later).
         """
-        return self.extractor.mirror_averaged(images) if flip else self.extractor(images)
+        return self._extract(inputs, lengths, flip=flip)
 
-    def pairwise_distances(self, seqs: Tensor) -> Tensor:
+    def _extract(self, inputs: Tensor, lengths: Tensor | None, *, flip: bool) -> Tensor:
+        extract = self.extractor.mirror_averaged if flip else self.extractor
+        if isinstance(self.extractor, VideoSequenceExtractor):
+            return extract(inputs, lengths)
+        if lengths is not None:
+            raise ValueError("lengths are for video clips; an image model takes none")
+        if inputs.dtype == torch.uint8:
+            inputs = normalise(inputs)
+        return extract(inputs)
+
+    def pairwise_distances(self, seqs: Tensor, lengths: Tensor | None = None) -> Tensor:
         """(B, B) matching distances of a batch against itself (differentiable; for the triplet
-        loss's batch-hard mining)."""
-        return self.matcher.pairwise(seqs, seqs)
+        loss's batch-hard mining); ``lengths`` for a zero-padded batch of variable length."""
+        return self.matcher.pairwise(seqs, q_lengths=lengths)
 
     def freeze_backbone(self) -> None:
         """Stop training the backbone: no gradients, and its BatchNorm stays in eval mode (running
@@ -116,6 +155,7 @@ class DuATM(nn.Module):
         return self.backbone.parameters()
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
-        """Every parameter outside the backbone: extractor FC, matcher and classifier."""
+        """Every parameter outside the backbone: extractor FC (and recurrent layer), matcher and
+        classifier."""
         backbone_ids = {id(p) for p in self.backbone.parameters()}
         return (p for p in self.parameters() if id(p) not in backbone_ids)
