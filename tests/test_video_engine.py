@@ -1,0 +1,111 @@
+"""Video through the engine: loaders of clips, extraction (packed in the all mode), the
+bucketed variable-length distance matrix, and training steps on clips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from duatm.data.clips import evaluation_clip_sampler
+from duatm.data.records import TrackletRecord
+from duatm.data.transforms import build_test_transform
+from duatm.data.video_dataset import VideoDataset, collate_clips
+from duatm.engine.evaluator import ExtractedSequences, distance_matrix, extract, length_buckets
+from duatm.models.duatm import DuATM
+
+H, W = 32, 16  # densenet_tiny with drop_last_pool runs on 32 x 16 frames
+
+
+def write_tracklet(folder: Path, num_frames: int, seed: int) -> tuple[str, ...]:
+    """Frames of random colour blocks (PNG, lossless)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for k in range(num_frames):
+        path = folder / f"F{k:03d}.png"
+        pixels = rng.integers(0, 256, (H // 4, W // 4, 3), dtype=np.uint8)
+        Image.fromarray(pixels.repeat(4, 0).repeat(4, 1)).save(path)
+        paths.append(str(path))
+    return tuple(paths)
+
+
+@pytest.fixture(scope="module")
+def tracklets(tmp_path_factory: pytest.TempPathFactory) -> list[TrackletRecord]:
+    root = tmp_path_factory.mktemp("tracklets")
+    lengths = [9, 1, 4, 20, 3, 9, 2, 11]  # several length buckets, a one-frame tracklet
+    return [
+        TrackletRecord(write_tracklet(root / f"t{k}", n, k), pid=k // 2, camid=k % 2)
+        for k, n in enumerate(lengths)
+    ]
+
+
+@pytest.fixture(scope="module")
+def video_model() -> DuATM:
+    torch.manual_seed(0)
+    model = DuATM("densenet_tiny", 8, num_classes=4, kind="video", drop_last_pool=True).eval()
+    for name, buffer in model.named_buffers():  # eval-mode BN that is not the identity
+        if name.endswith("running_var"):
+            buffer.uniform_(0.5, 1.5)
+    return model
+
+
+def test_all_mode_extraction_packs_every_frame_of_every_tracklet(tracklets, video_model):
+    dataset = VideoDataset(
+        tracklets, build_test_transform(H, W), evaluation_clip_sampler("all", 64)
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=3, collate_fn=collate_clips)
+    for flip in (False, True):
+        got = extract(video_model, loader, torch.device("cpu"), flip=flip, progress=False)
+        assert got.lengths is not None
+        assert got.lengths.tolist() == [len(t.paths) for t in tracklets]
+        assert got.sequences.shape == (sum(got.lengths.tolist()), 8)
+        offsets = np.cumsum([0, *got.lengths.tolist()])
+        for k in range(len(tracklets)):
+            alone = video_model.extract_sequences(dataset[k]["clip"][None], flip=flip)[0]
+            torch.testing.assert_close(got.sequences[offsets[k] : offsets[k + 1]], alone)
+        assert got.pids.tolist() == [t.pid for t in tracklets]
+
+
+@pytest.mark.parametrize("mode", ["dual", "inter", "avgpool"])
+def test_all_mode_distance_matrix_equals_each_pair_unpadded(tracklets, mode):
+    torch.manual_seed(1)
+    model = DuATM("densenet_tiny", 8, num_classes=4, kind="video", mode=mode).eval()
+    lengths = torch.tensor([len(t.paths) for t in tracklets])
+    sequences = [torch.nn.functional.normalize(torch.randn(int(n), 8), dim=-1) for n in lengths]
+    packed = ExtractedSequences(
+        torch.cat(sequences), torch.zeros(len(lengths)), torch.zeros(len(lengths)), lengths
+    )
+    query = ExtractedSequences(
+        torch.cat(sequences[:3]), torch.zeros(3), torch.zeros(3), lengths[:3]
+    )
+    got = distance_matrix(model, query, packed, tile_mb=1)
+    with torch.no_grad():
+        for i in range(3):
+            for j in range(len(lengths)):
+                expected = model.matcher(sequences[i][None], sequences[j][None])[0]
+                # Self-pairs cancel to float32 rounding noise before the square root.
+                atol = 2e-3 if i == j else 1e-5
+                torch.testing.assert_close(got[i, j], expected, atol=atol, rtol=0)
+
+
+def test_length_buckets_cover_every_item_once_with_bounded_padding():
+    lengths = torch.tensor([1, 64, 33, 32, 5, 920, 17, 2, 470, 64])
+    sequences = torch.randn(int(lengths.sum()), 4)
+    buckets = length_buckets(
+        ExtractedSequences(sequences, torch.zeros(10), torch.zeros(10), lengths)
+    )
+    seen = torch.cat([index for index, _, _ in buckets]).sort().values
+    assert seen.tolist() == list(range(10))
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    for index, padded, bucket_lengths in buckets:
+        assert padded.shape[1] == int(bucket_lengths.max()) <= 2 * int(bucket_lengths.min())
+        for row, item in enumerate(index.tolist()):
+            n = int(lengths[item])
+            torch.testing.assert_close(
+                padded[row, :n], sequences[offsets[item] : offsets[item + 1]]
+            )
+            assert torch.all(padded[row, n:] == 0)
