@@ -195,6 +195,21 @@ def test_top_level_list_is_rejected(tmp_path: Path) -> None:
         (["data.test_clip_mode=dense"], "data.test_clip_mode"),
         (["data.test_clip_len=0"], "data.test_clip_len"),
         (["data.test_clip_start=random"], "data.test_clip_start"),  # evaluation must repeat
+        (["model.kind=film"], "model.kind"),
+        (["model.kind=video"], "model.kind"),  # Market-1501 holds images
+        (["data.dataset=mars"], "model.kind"),  # MARS holds tracklets
+        (["model.rnn=transformer"], "model.rnn"),
+        (["model.rnn_hidden=0"], "model.rnn_hidden"),
+        (["model.frame_chunk=0"], "model.frame_chunk"),
+        (
+            [
+                "data.dataset=mars",
+                "model.kind=video",
+                "model.mode=intra",
+                "data.test_clip_mode=all",
+            ],
+            "model.mode",  # intra compares position i with position i: equal lengths only
+        ),
     ],
 )
 def test_invalid_values_are_rejected_naming_the_key(overrides: list[str], key: str) -> None:
@@ -213,6 +228,7 @@ def test_invalid_values_are_rejected_naming_the_key(overrides: list[str], key: s
         [f"model.mode={MATCHER_MODES[-1]}"],
         ["data.clip_len=1", "data.clip_start=first", "data.test_clip_start=middle"],
         ["data.test_clip_mode=all"],
+        ["data.dataset=mars", "model.kind=video", "model.rnn=lstm", "model.rnn_hidden=32"],
     ],
 )
 def test_boundary_values_are_accepted(overrides: list[str]) -> None:

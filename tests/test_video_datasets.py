@@ -320,9 +320,10 @@ def test_mars_accepts_double_matrices(mars: Path) -> None:
 
 
 def test_config_split_is_checked_against_the_dataset() -> None:
-    assert load_config(None, ["data.dataset=mars"]).data.split == 0
+    video = ["data.dataset=mars", "model.kind=video"]
+    assert load_config(None, video).data.split == 0
     with pytest.raises(ConfigError, match=r"data\.split must be 0 \(dataset mars has one split\)"):
-        load_config(None, ["data.dataset=mars", "data.split=2"])
+        load_config(None, [*video, "data.split=2"])
 
 
 # --- DukeMTMC-VideoReID --------------------------------------------------------------------
@@ -552,11 +553,13 @@ def test_ilids_splits_differ_and_are_chosen_by_config(tmp_path: Path) -> None:
     first = ILIDSVID(root, split=0, verbose=False)
     other = ILIDSVID(root, split=1, verbose=False)
     assert {r.paths for r in first.query} != {r.paths for r in other.query}
-    cfg = load_config(None, ["data.dataset=ilidsvid", f"data.root={root}", "data.split=1"])
+    cfg = load_config(
+        None, ["data.dataset=ilidsvid", "model.kind=video", f"data.root={root}", "data.split=1"]
+    )
     assert as_raw(load_dataset(cfg, verbose=False).query) == as_raw(other.query)
     assert build_dataset("ilidsvid", root, split=1, verbose=False).train == other.train
     with pytest.raises(ConfigError, match=r"data\.split must be an integer in 0\.\.9"):
-        load_config(None, ["data.dataset=ilidsvid", "data.split=10"])
+        load_config(None, ["data.dataset=ilidsvid", "model.kind=video", "data.split=10"])
     with pytest.raises(ValueError, match="dataset mars has one split; got split=2"):
         build_dataset("mars", root, split=2)
 

@@ -3,6 +3,7 @@ bucketed variable-length distance matrix, and training steps on clips."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
+from duatm.cli import main
+from duatm.config import DuATMConfig, load_config
 from duatm.data.clips import evaluation_clip_sampler
+from duatm.data.datasets import MARS
 from duatm.data.records import TrackletRecord
+from duatm.data.synthped_video import write_video_synthped
 from duatm.data.transforms import build_test_transform
 from duatm.data.video_dataset import VideoDataset, collate_clips
+from duatm.engine.checkpoint import LAST_CHECKPOINT
 from duatm.engine.evaluator import ExtractedSequences, distance_matrix, extract, length_buckets
+from duatm.engine.trainer import Trainer
 from duatm.models.duatm import DuATM
 
 H, W = 32, 16  # densenet_tiny with drop_last_pool runs on 32 x 16 frames
@@ -36,7 +43,7 @@ def write_tracklet(folder: Path, num_frames: int, seed: int) -> tuple[str, ...]:
 @pytest.fixture(scope="module")
 def tracklets(tmp_path_factory: pytest.TempPathFactory) -> list[TrackletRecord]:
     root = tmp_path_factory.mktemp("tracklets")
-    lengths = [9, 1, 4, 20, 3, 9, 2, 11]  # several length buckets, a one-frame tracklet
+    lengths = [5, 1, 4, 12, 3, 6, 2, 7]  # several length buckets, a one-frame tracklet
     return [
         TrackletRecord(write_tracklet(root / f"t{k}", n, k), pid=k // 2, camid=k % 2)
         for k, n in enumerate(lengths)
@@ -109,3 +116,96 @@ def test_length_buckets_cover_every_item_once_with_bounded_padding():
                 padded[row, :n], sequences[offsets[item] : offsets[item + 1]]
             )
             assert torch.all(padded[row, n:] == 0)
+
+
+# ----------------------------------------------------------------- training and the CLI on video
+VIDEO_TINY = [
+    "model.kind=video",
+    "model.backbone=densenet_tiny",
+    "model.pretrained=null",
+    "model.dim=16",
+    "model.drop_last_pool=true",
+    "data.dataset=mars",
+    "data.height=32",
+    "data.width=16",
+    "data.num_identities=2",
+    "data.num_instances=2",
+    "data.num_workers=0",
+    "data.pad=2",
+    "data.clip_len=4",
+    "data.test_clip_len=6",
+    "data.test_batch_size=5",
+    "schedule.epochs=2",
+    "schedule.freeze_backbone_epochs=1",
+    "schedule.lr_decay_epoch=1",
+    "schedule.iters_per_epoch=2",
+    "eval.every=0",
+    "eval.max_rank=5",
+    "log_every=1",
+    "device=cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def video_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_video_synthped(
+        tmp_path_factory.mktemp("vsynth") / "data",
+        num_ids=6,
+        num_cameras=2,
+        height=32,
+        width=16,
+        min_frames=2,
+        max_frames=9,
+        num_distractors=1,
+        num_junk=0,
+    )
+
+
+@pytest.mark.slow
+def test_video_training_resumes_exactly(video_root: Path, tmp_path: Path) -> None:
+    dataset = MARS(video_root, verbose=False)
+
+    def config(out: str) -> DuATMConfig:
+        return load_config(
+            None, [*VIDEO_TINY, f"data.root={video_root}", f"out_dir={tmp_path / out}"]
+        )
+
+    whole = Trainer(config("whole"), dataset=dataset, progress=False)
+    whole_metrics = whole.fit()
+    assert whole_metrics is not None
+    first = Trainer(config("split"), dataset=dataset, progress=False)
+    assert first.fit(stop_after=1) is None
+    resumed = Trainer(
+        config("split"),
+        dataset=dataset,
+        resume_from=tmp_path / "split" / LAST_CHECKPOINT,
+        progress=False,
+    )
+    resumed_metrics = resumed.fit()
+    assert resumed_metrics is not None
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert resumed_metrics.mAP == whole_metrics.mAP
+
+
+@pytest.mark.slow
+def test_cli_trains_and_evaluates_a_video_checkpoint_with_flip_and_all_frames(
+    video_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = ["--data-root", str(video_root), "--out", str(out), "--no-progress"]
+    assert main(["train", "--config", "mars", *args, "--set", *VIDEO_TINY]) == 0
+    trained = json.loads((out / "results.json").read_text())
+    checkpoint = out / LAST_CHECKPOINT
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--no-progress"]) == 0
+    evaluated = json.loads(checkpoint.with_suffix(".results.json").read_text())
+    assert evaluated["mAP"] == pytest.approx(trained["mAP"], abs=1e-12)
+    every_frame = tmp_path / "all.json"
+    evaluate = ["evaluate", "--checkpoint", str(checkpoint), "--no-progress", "--flip"]
+    assert main([*evaluate, "--results", str(every_frame), "--set", "data.test_clip_mode=all"]) == 0
+    results = json.loads(every_frame.read_text())
+    assert results["flip"] is True and 0 <= results["mAP"] <= 1
+    capsys.readouterr()
+    # An image dataset for a video checkpoint: one line naming the key, exit status 2.
+    assert main([*evaluate, "--set", "data.dataset=market1501"]) == 2
+    assert 'model.kind must be "image" for dataset market1501' in capsys.readouterr().err

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from duatm import __version__
 from duatm.config import ConfigError, DuATMConfig, config_from_dict, config_to_dict, save_config
+from duatm.data.batches import batch_pixels
 from duatm.data.datasets import ReIDDataset
 from duatm.data.transforms import normalise
 from duatm.engine.builders import (
@@ -384,15 +385,24 @@ class Trainer:
         self.epoch += 1
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
-        """One optimiser step on a batch (``image``, ``pid``); returns the loss terms as floats
-        (with several processes, their means over the ranks: the same numbers on every rank).
+        """One optimiser step on a batch (``image`` or ``clip``, and ``pid``); returns the loss
+        terms as floats (with several processes, their means over the ranks: the same numbers
+        on every rank).
 
         The ``after_loss`` hooks see the terms before the weights change (the non-finite guard
         stops the run there, on every rank at once).
         """
-        images = normalise(batch["image"].to(self.device, non_blocking=True))
+        pixels, lengths = batch_pixels(batch)
+        if lengths is not None:
+            # The losses' per-sequence terms assume S elements; training clips are cut to
+            # data.clip_len frames (circularly when shorter), so this means a misbuilt loader.
+            raise ValueError(
+                f"training clips must all have {pixels.shape[1]} frames; got lengths "
+                f"{lengths.tolist()}"
+            )
+        inputs = normalise(pixels.to(self.device, non_blocking=True))
         pids = batch["pid"].to(self.device, non_blocking=True)
-        losses = self._training_loss()(images, pids)
+        losses = self._training_loss()(inputs, pids)
         terms, self.rank_losses = mean_over_ranks(losses.as_floats(), self.dist)
         self._call("after_loss", terms)
         self.optimizer.zero_grad(set_to_none=True)
@@ -482,9 +492,10 @@ class _TrainingLoss(nn.Module):
         self.device = device
         self.amp = amp
 
-    def forward(self, images: Tensor, pids: Tensor) -> LossOutput:
+    def forward(self, inputs: Tensor, pids: Tensor) -> LossOutput:
+        """``inputs``: normalised images (B, 3, H, W) or clips (B, T, 3, H, W)."""
         with autocast_for(self.device, self.amp):
-            sequences = self.model(images)
+            sequences = self.model(inputs)
         # The matcher and losses run in float32: attention logits and distances are sensitive.
         sequences = sequences.float()
         return self.criterion(
