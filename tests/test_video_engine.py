@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from duatm.cli import main
-from duatm.config import DuATMConfig, load_config
+from duatm.config import ConfigError, DuATMConfig, load_config
 from duatm.data.clips import evaluation_clip_sampler
 from duatm.data.datasets import MARS
 from duatm.data.records import TrackletRecord
@@ -20,7 +20,13 @@ from duatm.data.synthped_video import write_video_synthped
 from duatm.data.transforms import build_test_transform
 from duatm.data.video_dataset import VideoDataset, collate_clips
 from duatm.engine.checkpoint import LAST_CHECKPOINT
-from duatm.engine.evaluator import ExtractedSequences, distance_matrix, extract, length_buckets
+from duatm.engine.evaluator import (
+    ExtractedSequences,
+    distance_matrix,
+    evaluate,
+    extract,
+    length_buckets,
+)
 from duatm.engine.trainer import Trainer
 from duatm.models.duatm import DuATM
 
@@ -209,3 +215,14 @@ def test_cli_trains_and_evaluates_a_video_checkpoint_with_flip_and_all_frames(
     # An image dataset for a video checkpoint: one line naming the key, exit status 2.
     assert main([*evaluate, "--set", "data.dataset=market1501"]) == 2
     assert 'model.kind must be "image" for dataset market1501' in capsys.readouterr().err
+
+
+def test_all_mode_with_streamed_or_sharded_evaluation_is_refused_clearly(
+    tracklets, video_model, tmp_path
+):
+    dataset = VideoDataset(
+        tracklets, build_test_transform(H, W), evaluation_clip_sampler("all", 64)
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=collate_clips)
+    with pytest.raises(ConfigError, match=r'test_clip_mode "all".*one process'):
+        evaluate(video_model, loader, loader, torch.device("cpu"), stream_to=tmp_path)
