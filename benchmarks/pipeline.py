@@ -13,8 +13,17 @@ process and on the same data:
 
     .venv/bin/python benchmarks/pipeline.py                       # paper (256x128) and demo sizes
     .venv/bin/python benchmarks/pipeline.py --sizes demo --iters 20
+    .venv/bin/python benchmarks/pipeline.py --sizes video video-demo   # the video model
 
-The data is a SynthPed written to a temporary folder at 256x128 (the loaders resize it).
+The video sizes count frames instead of images: training clips of P x V tracklets x T frames
+(the loader cuts them, the model runs the CNN on every frame, pools, runs the bidirectional GRU,
+the matcher and the losses) against the bare backbone's forward + backward on as many frames
+in one call; extraction of test clips (or whole tracklets in the ``all`` mode) against the bare
+backbone's inference forward on batches of ``model.frame_chunk`` frames, the chunks the model
+runs.
+
+The data is a SynthPed written to a temporary folder at 256x128, or a video SynthPed at 128x64
+for the video sizes (the loaders resize it).
 Targets: training >= 0.85 of the bare backbone, extraction >= 0.9.
 """
 
@@ -28,35 +37,42 @@ from pathlib import Path
 import torch
 
 from duatm.config import DuATMConfig, load_config
-from duatm.data.datasets import Market1501
+from duatm.data.datasets import MARS, Market1501, ReIDDataset
 from duatm.data.synthped import write_synthped
+from duatm.data.synthped_video import write_video_synthped
 from duatm.engine.builders import build_test_loader
 from duatm.engine.commands import add_overrides_argument
 from duatm.engine.evaluator import extract
 from duatm.engine.trainer import Trainer
 from timing import device_sync, interleaved_best
 
-# name -> (shipped config, overrides): the paper's image model and the demo's.
+# name -> (shipped config, overrides): the paper's image and video models and the demos'.
 SIZES: dict[str, tuple[str, list[str]]] = {
     "paper": ("market1501", ["model.pretrained=null"]),
     "demo": ("synthped", []),
+    "video": ("mars", ["model.pretrained=null"]),
+    "video-demo": ("synthped_video", []),
 }
 
 
-def measure(cfg: DuATMConfig, dataset: Market1501, iters: int, rounds: int) -> dict[str, float]:
-    """Images/s of the five contenders, each the best of ``rounds`` interleaved timed runs."""
+def measure(cfg: DuATMConfig, dataset: ReIDDataset, iters: int, rounds: int) -> dict[str, float]:
+    """Images (video: frames) per second of the five contenders, each the best of ``rounds``
+    interleaved timed runs."""
     trainer = Trainer(cfg, dataset=dataset, progress=False)
     model, device = trainer.model, trainer.device
     trainer.model.unfreeze_backbone()  # the end-to-end stage: the backbone trains too
+    video = cfg.model.kind == "video"
+    # Frames per training item: the clip length for video, 1 for an image.
+    per_item = cfg.data.clip_len if video else 1
     batch_size = trainer.sampler.batch_size
-    images = torch.randn(batch_size, 3, cfg.data.height, cfg.data.width, device=device)
+    images = torch.randn(batch_size * per_item, 3, cfg.data.height, cfg.data.width, device=device)
     backbone = model.backbone
 
     def bare_train() -> int:
         model.train()
         for _ in range(iters):
             backbone(images).sum().backward()
-        return iters * batch_size
+        return iters * len(images)
 
     def pipeline_train() -> int:
         model.train()
@@ -69,7 +85,7 @@ def measure(cfg: DuATMConfig, dataset: Market1501, iters: int, rounds: int) -> d
                 batches = iter(trainer.train_loader)
                 batch = next(batches)
             trainer.train_step(batch)
-            seen += len(batch["pid"])
+            seen += len(batch["pid"]) * per_item
         return seen
 
     fixed_batch = next(iter(trainer.train_loader))
@@ -78,24 +94,38 @@ def measure(cfg: DuATMConfig, dataset: Market1501, iters: int, rounds: int) -> d
         model.train()
         for _ in range(iters):
             trainer.train_step(fixed_batch)
-        return iters * batch_size
+        return iters * batch_size * per_item
 
-    test_images = torch.randn(cfg.data.test_batch_size, 3, cfg.data.height, cfg.data.width)
-    # As many images as the bare forward sees (the gallery repeated when it is smaller), so
+    # As many items as the bare forward sees (the gallery repeated when it is smaller), so
     # both sides run the same number of full batches.
     num_images = cfg.data.test_batch_size * iters
     repeats = -(-num_images // len(dataset.gallery))
     loader = build_test_loader(cfg, (list(dataset.gallery) * repeats)[:num_images])
+    if video:
+        # The frames those clips hold, in the chunks the model runs its backbone on.
+        d = cfg.data
+        lengths = [len(r.paths) for r in loader.dataset.records]  # type: ignore[attr-defined]
+        frames = sum(lengths) if d.test_clip_mode == "all" else len(lengths) * d.test_clip_len
+        chunk = cfg.model.frame_chunk
+        test_batches = [min(chunk, frames - start) for start in range(0, frames, chunk)]
+    else:
+        test_batches = [cfg.data.test_batch_size] * iters
+    test_images = torch.randn(max(test_batches), 3, cfg.data.height, cfg.data.width)
 
     def bare_forward() -> int:
         model.eval()
         with torch.inference_mode():
-            for _ in range(iters):
-                backbone(test_images.to(device))
-        return iters * len(test_images)
+            for size in test_batches:
+                backbone(test_images[:size].to(device))
+        return sum(test_batches)
 
     def pipeline_extract() -> int:
-        return len(extract(model, loader, device, progress=False).pids)
+        extracted = extract(model, loader, device, progress=False)
+        if not video:
+            return len(extracted.pids)
+        if extracted.lengths is not None:
+            return int(extracted.lengths.sum())
+        return extracted.sequences.shape[0] * extracted.sequences.shape[1]
 
     contenders = {
         "train": pipeline_train,
@@ -134,11 +164,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        root = write_synthped(Path(tmp) / "synthped", num_ids=40, num_cameras=4, workers=2)
-        dataset = Market1501(root, verbose=False)
+        data: dict[str, tuple[Path, ReIDDataset]] = {}
         rows = []
         for name in args.sizes:
             config, overrides = SIZES[name]
+            kind = "video" if name.startswith("video") else "image"
+            if kind not in data:
+                data[kind] = _write_data(Path(tmp), kind)
+            root, dataset = data[kind]
             cfg = load_config(
                 config,
                 [
@@ -162,15 +195,29 @@ def main() -> None:
     )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, cfg, r in rows:
+        d = cfg.data
+        clips = ""
+        if cfg.model.kind == "video":
+            test = "all frames" if d.test_clip_mode == "all" else f"{d.test_clip_len} frames"
+            clips = f", clips {d.clip_len} / {test} (frames/s)"
         model = (
-            f"{cfg.model.backbone} D={cfg.model.dim}, {cfg.data.height}x{cfg.data.width}, "
-            f"{cfg.data.num_workers} workers{', cached' if cfg.data.cache_images else ''}"
+            f"{cfg.model.backbone} D={cfg.model.dim}, {d.height}x{d.width}, "
+            f"{d.num_workers} workers{', cached' if d.cache_images else ''}{clips}"
         )
         print(
             f"| {name} | {model} | {r['train']:.1f} | {r['fixed_train']:.1f} | {r['bare_train']:.1f} "
             f"| {r['train'] / r['bare_train']:.2f} | {r['extract']:.1f} "
             f"| {r['bare_forward']:.1f} | {r['extract'] / r['bare_forward']:.2f} |"
         )
+
+
+def _write_data(folder: Path, kind: str) -> tuple[Path, ReIDDataset]:
+    """A SynthPed (images at 256x128) or video SynthPed (tracklets at 128x64) under ``folder``."""
+    if kind == "video":
+        root = write_video_synthped(folder / "synthped_video", num_ids=40, workers=2)
+        return root, MARS(root, verbose=False)
+    root = write_synthped(folder / "synthped", num_ids=40, num_cameras=4, workers=2)
+    return root, Market1501(root, verbose=False)
 
 
 if __name__ == "__main__":

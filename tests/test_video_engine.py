@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from duatm.cli import main
@@ -226,3 +227,22 @@ def test_all_mode_with_streamed_or_sharded_evaluation_is_refused_clearly(
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=collate_clips)
     with pytest.raises(ConfigError, match=r'test_clip_mode "all".*one process'):
         evaluate(video_model, loader, loader, torch.device("cpu"), stream_to=tmp_path)
+
+
+@pytest.mark.slow
+def test_video_demo_compares_duatm_with_temporal_average_pooling(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny = [o for o in VIDEO_TINY if not o.startswith(("schedule.", "eval.", "data.dataset"))]
+    overrides = [*tiny, "schedule.epochs=1", "schedule.iters_per_epoch=2", "eval.every=1"]
+    args = ["demo", "--video", "--out", str(tmp_path), "--ids", "6", "--seeds", "0"]
+    assert main([*args, "--no-progress", "--set", *overrides]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((tmp_path / "demo_results.json").read_text())
+    assert [(r["mode"], r["seed"]) for r in saved["rows"]] == [("dual", 0), ("avgpool", 0)]
+    assert saved["table"] in printed and "AvePool" in saved["table"]
+    for mode in ("dual", "avgpool"):
+        run = OmegaConf.load(tmp_path / f"{mode}-seed0" / "config.yaml")
+        assert (run.model.kind, run.model.mode, run.data.dataset) == ("video", mode, "mars")
+        assert run.data.test_clip_mode == "all"  # the demo matches whole tracklets
+    assert (tmp_path / "synthped_video" / "info" / "query_IDX.mat").is_file()

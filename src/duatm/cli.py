@@ -28,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"duatm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_demo_arguments(
-        commands.add_parser("demo", help="train DuATM and AvePool on SynthPed and compare (CPU)")
+        commands.add_parser(
+            "demo",
+            help="train DuATM and AvePool on SynthPed and compare (CPU); --video for tracklets",
+        )
     )
     add_train_arguments(commands.add_parser("train", help="train a model from a config"))
     add_evaluate_arguments(
