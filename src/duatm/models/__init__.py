@@ -2,12 +2,13 @@
 
 from duatm.models.backbones import BACKBONE_NAMES, PretrainedWeightsError, build_backbone
 from duatm.models.duatm import DuATM
-from duatm.models.extractor import ImageSequenceExtractor
+from duatm.models.extractor import ImageSequenceExtractor, VideoSequenceExtractor
 
 __all__ = [
     "BACKBONE_NAMES",
     "DuATM",
     "ImageSequenceExtractor",
     "PretrainedWeightsError",
+    "VideoSequenceExtractor",
     "build_backbone",
 ]

@@ -46,9 +46,10 @@ class DuATM(nn.Module):
             (see [`build_backbone`][duatm.models.backbones.build_backbone]).
         drop_last_pool: output stride 16 instead of 32 (twice as many rows and columns).
         kind: ``"image"`` or ``"video"``.
-        rnn, rnn_hidden, frame_chunk: the video extractor's recurrent layer (``"gru"`` or
-            ``"lstm"``), its units per direction (default ``dim``) and frames per backbone call
-            in eval mode (see :class:`~duatm.models.extractor.VideoSequenceExtractor`).
+        rnn: the video extractor's recurrent layer, ``"gru"`` or ``"lstm"`` (see
+            :class:`~duatm.models.extractor.VideoSequenceExtractor`).
+        rnn_hidden: its units per direction (default ``dim``).
+        frame_chunk: video frames per backbone call in eval mode.
     """
 
     def __init__(
