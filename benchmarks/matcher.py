@@ -93,7 +93,7 @@ def training_batch_seconds(
     return interleaved_best(contenders, rounds, sync)
 
 
-# The full MARS test: query x gallery tracklets (DESIGN §3).
+# The full MARS test: query x gallery tracklets (docs/guide/video.md#mars).
 MARS_TEST = (1980, 9330)
 VIDEO_LENGTH = 64  # frames of a test clip (paper Sec. 4.1)
 VIDEO_MIN_LENGTH = 8
