@@ -97,7 +97,8 @@ def extract(
     chunks, pids, camids, lengths = [], [], [], []
     variable = False
     total = len(loader.dataset)  # type: ignore[arg-type]
-    with Progress(total=total, desc=desc, unit="item", enabled=progress) as bar:
+    unit = "clip" if _clip_sampler(loader) is not None else "img"
+    with Progress(total=total, desc=desc, unit=unit, enabled=progress) as bar:
         for batch in loader:
             pixels, batch_lengths = batch_pixels(batch)
             sequences = extract_batch(
@@ -414,10 +415,18 @@ def _evaluate_blockwise(
     return metrics, {"extract_s": extracted - start, **timings}
 
 
+def _clip_sampler(loader: DataLoader[Any]) -> ClipSampler | None:
+    """The clip sampler of a video loader (of a shard's whole dataset), None for images."""
+    dataset = loader.dataset
+    dataset = dataset.dataset if isinstance(dataset, Subset) else dataset
+    sampler = getattr(dataset, "sampler", None)
+    return sampler if isinstance(sampler, ClipSampler) else None
+
+
 def _every_frame(loader: DataLoader[Any]) -> bool:
     """Whether the loader gives whole tracklets (the ``all`` mode: items of different lengths)."""
-    sampler = getattr(loader.dataset, "sampler", None)
-    return isinstance(sampler, ClipSampler) and sampler.length is None
+    sampler = _clip_sampler(loader)
+    return sampler is not None and sampler.length is None
 
 
 def shard_loader(loader: DataLoader[Any], dist: DistContext) -> DataLoader[Any]:
