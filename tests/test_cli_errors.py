@@ -220,6 +220,8 @@ def run_folder_holds_other_files(env: Env) -> tuple[list[str], list[str]]:
 def resume_from_best_would_replace_last(env: Env) -> tuple[list[str], list[str]]:
     run = env.tmp / "run"
     shutil.copytree(env.checkpoint.parent, run)
+    # As a run with a validation split writes it: an earlier epoch's checkpoint.
+    shutil.copy(run / "last.pt", run / "best.pt")
     argv = ["train", "--resume", str(run / "best.pt"), "--out", str(run), "--no-progress"]
     return argv, [str(run), "continuing from", "best.pt would replace it", "--overwrite"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,14 +24,8 @@ from duatm.data.transforms import build_test_transform
 from duatm.engine.builders import resolve_device
 from duatm.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from duatm.engine.commands import run_guarded
-from duatm.engine.demo import (
-    DEMO_JSON,
-    DemoRow,
-    format_demo_table,
-    mean_rows,
-    run_demo,
-    verdict,
-)
+from duatm.engine.demo import DEMO_JSON, demo_report, run_demo
+from duatm.engine.diagnostics import DIAGNOSTIC_NAMES
 from duatm.engine.evaluator import query_gallery_index
 from duatm.engine.metrics_log import METRICS_JSONL, read_metrics
 from duatm.engine.trainer import Trainer, TrainingDiverged, backbone_frozen, learning_rate
@@ -138,8 +133,10 @@ def test_training_writes_the_run_folder(
     )
     trainer = Trainer(cfg, dataset=dataset, progress=False)
     trainer.fit()
-    for name in ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "metrics.csv"):
+    for name in ("config.yaml", "last.pt", "metrics.jsonl", "metrics.csv", "curves.png"):
         assert (tmp_path / name).is_file(), name
+    # No validation split: nothing may select a "best" checkpoint (never on the test set).
+    assert not (tmp_path / "best.pt").exists()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]  # 1-based, like the eval records
@@ -152,6 +149,44 @@ def test_training_writes_the_run_folder(
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["mAP"] == pytest.approx(evals[-1]["mAP"])
     assert 0.0 <= results["mAP"] <= 1.0 and len(results["cmc"]) == 10
+    assert results["selected_on"] is None and "selected" not in results
+    # Per-query values for paired comparisons: their mean is the mAP.
+    aps = [ap for ap in results["query_ap"] if ap is not None]
+    assert len(aps) == results["num_valid_queries"]
+    assert sum(aps) / len(aps) == pytest.approx(results["mAP"])
+    # The diagnostics are in every evaluation record and in the results.
+    assert results["diagnostics"] == {name: evals[-1][name] for name in DIAGNOSTIC_NAMES}
+    length = trainer.model.eval()(torch.zeros(1, 3, 32, 16)).shape[1]
+    assert results["diagnostics"]["uniform_entropy"] == pytest.approx(math.log(length))
+
+
+def test_validation_split_selects_best_and_the_test_set_is_evaluated_once(
+    data_root: Path, dataset: Market1501, tmp_path: Path
+) -> None:
+    cfg = tiny_config(data_root, tmp_path, "schedule.epochs=4", "data.val_identities=2")
+    trainer = Trainer(cfg, dataset=dataset, progress=False)
+    assert trainer.num_classes == dataset.num_train_pids - 2
+    held_out = {r.path for r in trainer.validation.query + trainer.validation.gallery}
+    assert held_out and not held_out & {r.path for r in trainer.train_records}
+    trainer.fit()
+    records = read_metrics(tmp_path / METRICS_JSONL)
+    assert [r["epoch"] for r in records if r["kind"] == "val"] == [2, 4]
+    assert [r["epoch"] for r in records if r["kind"] == "eval"] == [4]  # test: once, at the end
+    val = {r["epoch"]: r["mAP"] for r in records if r["kind"] == "val"}
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["best"]["mAP"] == max(val.values())
+    assert val[best["epoch"]] == max(val.values())
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["selected_on"] == "validation mAP"
+    assert results["validation"]["mAP"] == pytest.approx(val[4])
+    assert results["selected"]["epoch"] == best["epoch"]
+    # The selected checkpoint's test numbers, evaluated independently here.
+    elsewhere = tiny_config(data_root, tmp_path / "elsewhere", "data.val_identities=2")
+    best_model = Trainer(
+        elsewhere, dataset=dataset, resume_from=tmp_path / "best.pt", progress=False
+    )
+    metrics, _ = best_model.evaluate_test()
+    assert results["selected"]["test"]["mAP"] == pytest.approx(metrics.mAP)
 
 
 def test_frozen_backbone_does_not_change(
@@ -275,73 +310,29 @@ def test_demo_trains_both_models_per_seed_and_reuses_finished_runs(
 ) -> None:
     tiny = [o for o in TINY if not o.startswith("schedule.freeze")]
     overrides = [*tiny, "schedule.epochs=1", "schedule.lr_decay_epoch=1", "eval.every=1"]
-    rows = run_demo(tmp_path, overrides=overrides, seeds=(3, 4), num_ids=8, progress=False)
-    assert [(r.mode, r.seed) for r in rows] == [
-        ("dual", 3),
-        ("avgpool", 3),
-        ("dual", 4),
-        ("avgpool", 4),
-    ]
+    results = run_demo(tmp_path, overrides=overrides, seeds=(3, 4), num_ids=8, progress=False)
+    assert {key: [r.seed for r in runs] for key, runs in results.items()} == {
+        "dual": [3, 4],
+        "avgpool": [3, 4],
+    }
     saved = json.loads((tmp_path / DEMO_JSON).read_text())
     for row in saved["rows"]:
-        run_dir = tmp_path / f"{row['mode']}-seed{row['seed']}"
-        results = json.loads((run_dir / "results.json").read_text())
-        assert (row["r1"], row["r5"], row["mAP"]) == (results["R1"], results["R5"], results["mAP"])
-        assert OmegaConf.load(run_dir / "config.yaml").seed == row["seed"]
-    # The seeds train differently, and the means are the averages of the two seeds' rows.
-    assert rows[0].mAP != rows[2].mAP or rows[0].r1 != rows[2].r1
-    for mean, mode in zip(saved["means"], ("dual", "avgpool"), strict=True):
-        own = [r for r in rows if r.mode == mode]
-        assert mean["seed"] is None
-        assert mean["mAP"] == pytest.approx((own[0].mAP + own[1].mAP) / 2)
-        assert mean["r1"] == pytest.approx((own[0].r1 + own[1].r1) / 2)
-    assert saved["table"] == format_demo_table(rows)
-    assert verdict(*mean_rows(rows)) in saved["table"]
+        for run in row["runs"]:
+            run_dir = tmp_path / f"{row['key']}-seed{run['seed']}"
+            on_disk = json.loads((run_dir / "results.json").read_text())
+            assert (run["R1"], run["mAP"]) == (on_disk["R1"], on_disk["mAP"])
+            assert OmegaConf.load(run_dir / "config.yaml").seed == run["seed"]
+    # The seeds train differently.
+    dual = results["dual"]
+    assert dual[0].mAP != dual[1].mAP or dual[0].r1 != dual[1].r1
+    assert saved["table"] == demo_report(results)
     # A second call finds every run finished and reports the same numbers without training.
     capsys.readouterr()
     again = run_demo(tmp_path, overrides=overrides, seeds=(3, 4), num_ids=8, progress=False)
-    assert again == rows
+    assert {k: [(r.r1, r.mAP) for r in v] for k, v in again.items()} == {
+        k: [(r.r1, r.mAP) for r in v] for k, v in results.items()
+    }
     assert capsys.readouterr().out.count("resuming from") == 4
-
-
-def test_demo_table_lists_seeds_then_means_and_counts_seed_wins() -> None:
-    rows = [
-        DemoRow("DuATM", "dual", 0, r1=0.40, r5=0.7, mAP=0.30, train_seconds=60.0),
-        DemoRow("AvePool", "avgpool", 0, r1=0.30, r5=0.6, mAP=0.32, train_seconds=30.0),
-        DemoRow("DuATM", "dual", 1, r1=0.50, r5=0.8, mAP=0.40, train_seconds=60.0),
-        DemoRow("AvePool", "avgpool", 1, r1=0.40, r5=0.7, mAP=0.30, train_seconds=30.0),
-    ]
-    table = format_demo_table(rows).splitlines()
-    assert table[2] == "| DuATM | 0 | 40.0 | 70.0 | 30.0 | 1.0 min |"
-    assert table[6] == "| **DuATM** | mean | 45.0 | 75.0 | 35.0 | 2.0 min |"
-    assert table[7] == "| **AvePool** | mean | 35.0 | 65.0 | 31.0 | 1.0 min |"
-    assert table[-2] == ("DuATM is ahead of AvePool (means over seeds): R1 +10.0, mAP +4.0 points.")
-    assert table[-1] == (
-        "Seed by seed, DuATM is ahead in R1 with 2 of 2, in mAP with 1, in both with 1."
-    )
-
-
-def test_single_seed_demo_table_gives_that_seeds_verdict() -> None:
-    rows = [
-        DemoRow("DuATM", "dual", 0, r1=0.40, r5=0.7, mAP=0.30, train_seconds=60.0),
-        DemoRow("AvePool", "avgpool", 0, r1=0.30, r5=0.6, mAP=0.32, train_seconds=30.0),
-    ]
-    table = format_demo_table(rows).splitlines()
-    assert len(table) == 2 + 2 + 2  # header, two rows, blank, verdict: no mean rows
-    assert (
-        table[-1] == "DuATM is NOT ahead of AvePool in both R1 and mAP: R1 +10.0, mAP -2.0 points."
-    )
-
-
-def test_demo_verdict_names_the_margins() -> None:
-    duatm = DemoRow("DuATM", "dual", 0, r1=0.40, r5=0.6, mAP=0.30, train_seconds=1.0)
-    avgpool = DemoRow("AvePool", "avgpool", 0, r1=0.35, r5=0.6, mAP=0.32, train_seconds=1.0)
-    assert verdict(duatm, avgpool) == (
-        "DuATM is NOT ahead of AvePool in both R1 and mAP: R1 +5.0, mAP -2.0 points."
-    )
-    assert verdict(duatm, avgpool._replace(mAP=0.25)) == (
-        "DuATM is ahead of AvePool: R1 +5.0, mAP +5.0 points."
-    )
 
 
 def test_query_images_inside_the_gallery_are_found_by_path(tmp_path: Path) -> None:

@@ -239,7 +239,10 @@ def test_video_demo_compares_duatm_with_temporal_average_pooling(
     assert main([*args, "--no-progress", "--set", *overrides]) == 0
     printed = capsys.readouterr().out
     saved = json.loads((tmp_path / "demo_results.json").read_text())
-    assert [(r["mode"], r["seed"]) for r in saved["rows"]] == [("dual", 0), ("avgpool", 0)]
+    assert [(r["key"], [run["seed"] for run in r["runs"]]) for r in saved["rows"]] == [
+        ("dual", [0]),
+        ("avgpool", [0]),
+    ]
     assert saved["table"] in printed and "AvePool" in saved["table"]
     for mode in ("dual", "avgpool"):
         run = OmegaConf.load(tmp_path / f"{mode}-seed0" / "config.yaml")

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from duatm import __version__
 from duatm.config import ConfigError
 from duatm.data.synthped import add_synth_arguments
+from duatm.engine.ablation import add_ablate_arguments
 from duatm.engine.commands import EXIT_USER_ERROR, add_evaluate_arguments, add_train_arguments
 from duatm.engine.demo import add_demo_arguments
 from duatm.engine.distributed import launch_context
@@ -36,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(commands.add_parser("train", help="train a model from a config"))
     add_evaluate_arguments(
         commands.add_parser("evaluate", help="rank metrics of a checkpoint on query/gallery")
+    )
+    add_ablate_arguments(
+        commands.add_parser(
+            "ablate",
+            help="paper Tables 1-2 in miniature: matcher modes and loss terms over seeds, "
+            "with paired bootstrap CIs against AvePool",
+        )
     )
     add_index_arguments(
         commands.add_parser("index", help="extract a gallery once and save it as a search index")

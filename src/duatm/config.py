@@ -31,6 +31,7 @@ from duatm.data.datasets.registry import DATASETS
 from duatm.models.backbones import BACKBONE_NAMES
 from duatm.models.duatm import MODEL_KINDS
 from duatm.models.extractor import RNN_KINDS
+from duatm.models.heads import CE_HEADS
 from duatm.models.matching import MATCHER_MODES
 
 # The configs shipped with the package (`configs/` in a clone links here); `load_config("synthped")`.
@@ -56,6 +57,7 @@ class ModelConfig:
     pretrained: str | None = "imagenet"  # "imagenet", a path to trunk weights, or null (random)
     dim: int = 256  # D: length of each sequence element after the FC layer (paper: 256)
     mode: str = "dual"  # matcher variant, one of MATCHER_MODES (paper Table 2)
+    attention_scale: float = 1.0  # factor on every attention logit (1 = the paper's Eq. 2)
     drop_last_pool: bool = (
         False  # keep a larger last feature map (longer sequences) for small images
     )
@@ -87,6 +89,9 @@ class DataConfig:
     test_batch_size: int = 64  # images per batch when extracting query/gallery sequences
     skip_broken_images: bool = False  # drop unreadable images with a warning instead of failing
     cache_images: bool = False  # decode + resize every image once and keep it in memory (uint8)
+    # Training identities held out as a validation query/gallery split that selects best.pt:
+    # a count (>= 1) or a fraction (< 1) of the training identities; 0 = none (no best.pt).
+    val_identities: float = 0.0
     # Video datasets only (docs/design.md#video-clips); image datasets ignore these.
     split: int = 0  # which of the standard train/test splits (0-based): ilidsvid, prid2011 have 10
     clip_len: int = 16  # T: consecutive frames per training clip (paper: 16)
@@ -104,6 +109,10 @@ class LossConfig:
     lambda1: float = 0.1  # weight of the de-correlation loss l1
     lambda2: float = 0.5  # weight of the random-pooling cross-entropy l2
     drop_prob: float = 0.2  # p: probability of zeroing each random pooling weight in l2
+    ce_head: str = (
+        "paper"  # l2 classifier: "paper" (FC), "bnneck" (BN + FC) or "cosine" (scaled cos)
+    )
+    ce_scale: float = 16.0  # logit scale of the cosine head
 
 
 @dataclass
@@ -260,6 +269,7 @@ def validate_config(cfg: DuATMConfig) -> None:
         "a positive integer or null (= model.dim)",
     )
     _check("model.frame_chunk", m.frame_chunk, m.frame_chunk >= 1, "a positive integer")
+    _check("model.attention_scale", m.attention_scale, m.attention_scale > 0, "a number > 0")
     _check("data.dataset", d.dataset, d.dataset in DATASETS, _one_of(DATASETS))
     _check("data.root", d.root, bool(d.root), "a folder path")
     _check("data.height", d.height, d.height >= 1, "a positive integer")
@@ -271,6 +281,12 @@ def validate_config(cfg: DuATMConfig) -> None:
     _check("data.pad", d.pad, d.pad >= 0, "an integer >= 0")
     _check("data.flip_prob", d.flip_prob, 0.0 <= d.flip_prob <= 1.0, "a probability in [0, 1]")
     _check("data.random_erasing", d.random_erasing, 0.0 <= d.random_erasing <= 1.0, "in [0, 1]")
+    _check(
+        "data.val_identities",
+        d.val_identities,
+        d.val_identities >= 0 and (d.val_identities < 1 or float(d.val_identities).is_integer()),
+        "0 (none), a fraction in (0, 1) or a whole number of identities",
+    )
     _check("data.test_batch_size", d.test_batch_size, d.test_batch_size >= 1, "a positive integer")
     # A video model reads tracklets, an image model images: the dataset decides which it gets.
     needed = "video" if DATASETS[d.dataset].unit == "tracklets" else "image"
@@ -317,6 +333,8 @@ def validate_config(cfg: DuATMConfig) -> None:
     _check("loss.lambda2", lo.lambda2, lo.lambda2 >= 0.0, "a number >= 0")
     # Dropping every weight always would leave only the uniform fallback: p = 1 is refused.
     _check("loss.drop_prob", lo.drop_prob, 0.0 <= lo.drop_prob < 1.0, "a probability in [0, 1)")
+    _check("loss.ce_head", lo.ce_head, lo.ce_head in CE_HEADS, _one_of(CE_HEADS))
+    _check("loss.ce_scale", lo.ce_scale, lo.ce_scale > 0.0, "a number > 0")
     _check("optim.lr", o.lr, o.lr > 0.0, "a number > 0")
     _check("optim.momentum", o.momentum, 0.0 <= o.momentum < 1.0, "a number in [0, 1)")
     _check("optim.weight_decay", o.weight_decay, o.weight_decay >= 0.0, "a number >= 0")

@@ -42,6 +42,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -83,11 +84,18 @@ JPEG_QUALITY = 90
 SPLIT_DIRS = ("bounding_box_train", "query", "bounding_box_test")
 
 # Seed-stream tags of the images, after the renderer's own (identities, cameras).
-_PERSON_STREAM, _DISTRACTOR_STREAM, _JUNK_STREAM = range(FIRST_FREE_STREAM, FIRST_FREE_STREAM + 3)
+PERSON_STREAM, DISTRACTOR_STREAM, JUNK_STREAM = range(FIRST_FREE_STREAM, FIRST_FREE_STREAM + 3)
+
+
+class HasPid(Protocol):
+    """Anything with a 1-based identity number (each family's identity record)."""
+
+    @property
+    def pid(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
-class _Job:
+class ImageJob:
     """One file to render: where it goes and the numbers that seed it."""
 
     folder: str
@@ -111,18 +119,18 @@ class _Scene:
     cameras: tuple[Camera, ...]
 
 
-def _subject(job: _Job, scene: _Scene) -> Identity | None:
+def _subject(job: ImageJob, scene: _Scene) -> Identity | None:
     """Who is in the image: the identity, a stranger (distractor) or nobody (junk)."""
-    if job.stream == _PERSON_STREAM:
+    if job.stream == PERSON_STREAM:
         return scene.identities[job.pid - 1]
-    if job.stream == _DISTRACTOR_STREAM:
+    if job.stream == DISTRACTOR_STREAM:
         return random_stranger(
             np.random.default_rng([scene.seed, job.stream, 0, job.camera, job.index, 1])
         )
     return None
 
 
-def _render(job: _Job, scene: _Scene) -> Image.Image:
+def _render(job: ImageJob, scene: _Scene) -> Image.Image:
     """One image: background window, person (or none for junk), occluder, light, blur, noise."""
     seed, height, width, nuisance = scene.seed, scene.height, scene.width, scene.nuisance
     camera = scene.cameras[job.camera - 1]
@@ -143,7 +151,7 @@ def _render(job: _Job, scene: _Scene) -> Image.Image:
             )
         else:
             scale, dx, dy, stride, swing, lean = camera.person_scale, 0.0, 0.0, 0.0, 0.0, 0.0
-        if job.stream == _DISTRACTOR_STREAM:  # a bad detection: off-centre and too large or small
+        if job.stream == DISTRACTOR_STREAM:  # a bad detection: off-centre and too large or small
             scale *= rng.choice([rng.uniform(0.45, 0.7), rng.uniform(1.3, 1.8)])
             dx, dy = rng.uniform(-0.35, 0.35) * width, rng.uniform(-0.4, 0.3) * height
         person_h = scale * height
@@ -156,21 +164,22 @@ def _render(job: _Job, scene: _Scene) -> Image.Image:
     return develop(image, camera, rng.uniform(0.92, 1.08), rng)
 
 
-def _market_name(pid: int, camera: int, frame: int) -> str:
+def market_name(pid: int, camera: int, frame: int) -> str:
     pid_text = "-1" if pid == -1 else f"{pid:04d}"
     return f"{pid_text}_c{camera}s1_{frame:06d}_00.jpg"
 
 
-def _plan(
-    identities: Sequence[Identity],
+def plan_market_layout(
+    identities: Sequence[HasPid],
     num_train_ids: int,
     num_cameras: int,
     images_per_id_per_camera: int,
     queries_per_camera: int,
     num_distractors: int,
     num_junk: int,
-) -> list[_Job]:
-    """Which file goes where: train ids to train, test ids split per camera into query/gallery."""
+) -> list[ImageJob]:
+    """Which file goes where: train ids to train, test ids split per camera into query/gallery,
+    then pid-0 distractors and pid -1 junk in the gallery (shared by the image families)."""
     jobs = []
     for who in identities:
         for cam in range(1, num_cameras + 1):
@@ -180,22 +189,26 @@ def _plan(
                     folder = "bounding_box_train"
                 else:
                     folder = "query" if k < queries_per_camera else "bounding_box_test"
-                name = _market_name(who.pid, cam, base + 6 * k)
-                jobs.append(_Job(folder, name, _PERSON_STREAM, who.pid, cam, k))
+                name = market_name(who.pid, cam, base + 6 * k)
+                jobs.append(ImageJob(folder, name, PERSON_STREAM, who.pid, cam, k))
     for stream, count, pid in (
-        (_DISTRACTOR_STREAM, num_distractors, 0),
-        (_JUNK_STREAM, num_junk, -1),
+        (DISTRACTOR_STREAM, num_distractors, 0),
+        (JUNK_STREAM, num_junk, -1),
     ):
         for j in range(count):
             cam = j % num_cameras + 1
-            jobs.append(_Job("bounding_box_test", _market_name(pid, cam, j), stream, pid, cam, j))
+            jobs.append(
+                ImageJob("bounding_box_test", market_name(pid, cam, j), stream, pid, cam, j)
+            )
     return jobs
 
 
-def _validate(args: dict) -> None:
+def validate_market_arguments(writer: str, args: dict) -> None:
+    """Check the arguments every Market-layout writer shares (names them and the writer)."""
+
     def need(ok: bool, field: str, expected: str) -> None:
         if not ok:
-            raise ValueError(f"write_synthped: {field}={args[field]!r}, expected {expected}")
+            raise ValueError(f"{writer}: {field}={args[field]!r}, expected {expected}")
 
     need(
         2 <= args["num_cameras"] <= MAX_CAMERAS,
@@ -218,15 +231,24 @@ def _validate(args: dict) -> None:
         "images_per_id_per_camera",
         f"more than queries_per_camera={args['queries_per_camera']} (the rest is the gallery)",
     )
+    need(args["num_distractors"] >= 0, "num_distractors", "a non-negative integer")
+    need(args["num_junk"] >= 0, "num_junk", "a non-negative integer")
+    need(0.0 <= args["occlusion_prob"] <= 1.0, "occlusion_prob", "a probability in [0, 1]")
+
+
+def _validate(args: dict) -> None:
+    validate_market_arguments("write_synthped", args)
+
+    def need(ok: bool, field: str, expected: str) -> None:
+        if not ok:
+            raise ValueError(f"write_synthped: {field}={args[field]!r}, expected {expected}")
+
     need(args["max_group_size"] >= 1, "max_group_size", "at least 1 (1 means no look-alike groups)")
     need(
         args["max_group_size"] <= MARK_GRID**2,
         "max_group_size",
         f"at most {MARK_GRID**2} (each member of a group needs its own mark cell)",
     )
-    need(args["num_distractors"] >= 0, "num_distractors", "a non-negative integer")
-    need(args["num_junk"] >= 0, "num_junk", "a non-negative integer")
-    need(0.0 <= args["occlusion_prob"] <= 1.0, "occlusion_prob", "a probability in [0, 1]")
 
 
 def write_synthped(
@@ -293,7 +315,7 @@ def write_synthped(
     identities = make_identities(seed, num_train_ids, num_ids - num_train_ids, max_group_size)
     cameras = make_cameras(seed, num_cameras, height, width, nuisance)
     scene = _Scene(seed, height, width, nuisance, occlusion_prob, tuple(identities), tuple(cameras))
-    jobs = _plan(
+    jobs = plan_market_layout(
         identities,
         num_train_ids,
         num_cameras,
@@ -322,7 +344,7 @@ def write_synthped(
     return out
 
 
-def _write_images(scene: _Scene, jobs: Sequence[_Job], root: Path) -> None:
+def _write_images(scene: _Scene, jobs: Sequence[ImageJob], root: Path) -> None:
     """Render and save ``jobs`` under ``root``; runs in the main process or in a worker."""
     for job in jobs:
         buffer = io.BytesIO()
@@ -330,7 +352,7 @@ def _write_images(scene: _Scene, jobs: Sequence[_Job], root: Path) -> None:
         (root / job.folder / job.name).write_bytes(buffer.getvalue())
 
 
-def _manifest(arguments: dict, identities: Sequence[Identity], jobs: Sequence[_Job]) -> dict:
+def _manifest(arguments: dict, identities: Sequence[Identity], jobs: Sequence[ImageJob]) -> dict:
     """What ``synthped.json`` records: how the tree was made and what is in it."""
     counts = {folder: sum(job.folder == folder for job in jobs) for folder in SPLIT_DIRS}
     num_train_ids = arguments["num_ids"] // 2
@@ -414,6 +436,14 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--occlusion-prob", type=float, help="fraction occluded (default 0.25; video 0.2)"
     )
+    parser.add_argument(
+        "--family",
+        choices=("synthped", "patchped"),
+        default="synthped",
+        help="image renderer: synthped (stick figures, look-alikes differ in bag and mark) or "
+        "patchped (textured bodies, look-alikes differ only in where a badge sits; "
+        "duatm.data.patchped)",
+    )
     images = parser.add_argument_group("image SynthPed only")
     images.add_argument(
         "--images-per-camera", type=int, help="images per identity and camera (default 4)"
@@ -450,6 +480,8 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
+    from duatm.data.patchped import write_patchped  # it builds on this module
+
     """``duatm synth``: write SynthPed (images, or tracklets with ``--video``) and print a
     summary; 0 on success, 2 on bad arguments."""
     own, other = (
@@ -465,17 +497,22 @@ def run_synth(args: argparse.Namespace) -> int:
         for name, keyword in {**_COMMON_OPTIONS, **own}.items()
         if getattr(args, name) is not None
     }
-    write = write_video_synthped if args.video else write_synthped
+    if args.family == "patchped":
+        if args.video or args.no_nuisance:
+            print(
+                "duatm synth: error: --family patchped has no --video or --no-nuisance",
+                file=sys.stderr,
+            )
+            return 2
+        write, options["workers"] = write_patchped, args.workers
+    elif args.video:
+        write = write_video_synthped
+        options.update(nuisance=not args.no_nuisance, workers=args.workers)
+    else:
+        write = write_synthped
+        options.update(nuisance=not args.no_nuisance, workers=args.workers)
     try:
-        write(
-            args.out,
-            seed=args.seed,
-            nuisance=not args.no_nuisance,
-            workers=args.workers,
-            overwrite=args.overwrite,
-            verbose=True,
-            **options,
-        )
+        write(args.out, seed=args.seed, overwrite=args.overwrite, verbose=True, **options)
     except (ValueError, OSError) as err:
         print(f"duatm synth: error: {one_line_message(err)}", file=sys.stderr)
         return 2

@@ -73,6 +73,9 @@ def build_model(cfg: DuATMConfig, num_classes: int, *, load_pretrained: bool = T
         rnn=m.rnn,
         rnn_hidden=m.rnn_hidden,
         frame_chunk=m.frame_chunk,
+        ce_head=cfg.loss.ce_head,
+        ce_scale=cfg.loss.ce_scale,
+        attention_scale=m.attention_scale,
     )
     check_input_size(model, cfg)
     return model

@@ -24,6 +24,7 @@ from duatm.engine.checkpoint import (
     check_run_state,
     load_checkpoint,
 )
+from duatm.engine.diagnostics import DIAGNOSTIC_NAMES, format_diagnostics
 from duatm.engine.distances import save_distances
 from duatm.engine.distributed import (
     SINGLE,
@@ -268,13 +269,14 @@ def _evaluate_on(
     split = None
     if whole_matrix:
         split = evaluate_split(*loaders, rerank=rerank, **common)
-        metrics, timings = split.metrics, split.timings
+        metrics, timings = split.metrics, {**split.timings, **split.diagnostics}
     else:
         metrics, timings = evaluate(
             *loaders, dist=ctx, stream_to=e.stream_to, block_mb=e.block_mb, **common
         )
     if not ctx.is_main:
         return 0
+    diagnostics = {name: timings.pop(name) for name in DIAGNOSTIC_NAMES if name in timings}
     extra = {}
     # Printed before writing, so the numbers are there even if the disk is full.
     print(f"{checkpoint} (epoch {model.epoch}) on {cfg.data.root}")
@@ -286,6 +288,8 @@ def _evaluate_on(
         extra["rerank"] = {**rank_metrics_to_dict(split.reranked), **rerank._asdict()}
     else:
         print(format_rank_report(metrics))
+    if diagnostics:
+        print(format_diagnostics(diagnostics))
     write_results(
         results,
         metrics,
@@ -295,6 +299,7 @@ def _evaluate_on(
         data_root=cfg.data.root,
         flip=e.flip,
         seconds=timings,
+        diagnostics=diagnostics,
         **extra,
     )
     print(f"results written to {results}")

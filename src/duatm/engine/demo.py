@@ -1,36 +1,40 @@
 """`duatm demo`: paper Table 2 in miniature on SynthPed, on a CPU, in minutes.
 
 Writes SynthPed (if absent), trains DuATM and the AvePool baseline with the same data, budget and
-seeds, evaluates both and prints R1 / R5 / mAP side by side: per seed, and the mean over seeds,
-because a small model trained from scratch for minutes varies from seed to seed by more than
-the gap being measured. Everything lands in one run folder; running the command again resumes
-unfinished runs and reuses finished ones. ``--video`` does the same on video SynthPed tracklets
-(MARS layout) with the video model, against temporal average pooling.
+seeds (`duatm ablate` with those two rows), evaluates both and prints the per-seed runs, the
+means with their seed spread, and the paired bootstrap interval of DuATM's lead, because a small
+model trained from scratch for minutes varies from seed to seed by several points. Everything
+lands in one folder; running the command again resumes unfinished runs and reuses finished ones.
+``--video`` does the same on video SynthPed tracklets (MARS layout) with the video model, against
+temporal average pooling.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from duatm.atomic import atomic_write_text
-from duatm.config import DuATMConfig, load_config
 from duatm.data.datasets import MARS, Market1501, ReIDDataset
 from duatm.data.synthped import write_synthped
 from duatm.data.synthped_video import write_video_synthped
-from duatm.engine.checkpoint import latest_checkpoint
+from duatm.engine.ablation import (
+    MODE_ROWS,
+    RunResult,
+    format_ablation,
+    format_runs,
+    run_ablation,
+    verdict,
+    write_ablation_json,
+)
 from duatm.engine.commands import Interrupted, add_overrides_argument, run_guarded
-from duatm.engine.evaluator import RESULTS_JSON
-from duatm.engine.trainer import Trainer
 
-# (table label, matcher mode): the paper's full model against its AvePool baseline.
-DEMO_MODELS = (("DuATM (dual)", "dual"), ("AvePool", "avgpool"))
+#: The paper's full model against its AvePool baseline (rows of `duatm ablate`).
+DEMO_ROWS = (MODE_ROWS[0], MODE_ROWS[3])
 DEMO_SEEDS = (0, 1, 2)
 DEMO_JSON = "demo_results.json"
 
@@ -64,32 +68,18 @@ DEMOS = {
 }
 
 
-class DemoRow(NamedTuple):
-    """One model's results; ``seed`` None marks the mean over seeds (times are summed)."""
-
-    model: str
-    mode: str
-    seed: int | None
-    r1: float
-    r5: float
-    mAP: float
-    train_seconds: float
-
-
 def run_demo(
     out: Path,
     *,
-    overrides: list[str] | None = None,
+    overrides: Sequence[str] = (),
     seeds: Sequence[int] = DEMO_SEEDS,
     num_ids: int = 100,
     progress: bool = True,
     kind: str = "image",
-) -> list[DemoRow]:
-    """Train and evaluate every model of DEMO_MODELS with every seed under ``out``
+) -> dict[str, list[RunResult]]:
+    """Train and evaluate DuATM and AvePool with every seed under ``out``
     (``out/<mode>-seed<k>``) on the SynthPed of ``kind`` (``"image"`` or ``"video"``, see
-    :data:`DEMOS`); returns the per-seed rows."""
-    if not seeds:
-        raise ValueError("the demo needs at least one seed")
+    :data:`DEMOS`); returns each model's per-seed results and writes the report."""
     demo = DEMOS[kind]
     data_root = out / demo.data_folder
     start = time.perf_counter()
@@ -101,122 +91,31 @@ def run_demo(
             f"remove it or choose another --out ({err})"
         ) from err
     print(f"SynthPed ready in {data_root} ({time.perf_counter() - start:.1f} s)")
-    dataset = demo.dataset(data_root)
-    rows = []
-    for seed in seeds:
-        for label, mode in DEMO_MODELS:
-            cfg = load_config(
-                demo.config,
-                [
-                    f"data.root={data_root}",
-                    *(overrides or []),
-                    f"seed={seed}",
-                    f"model.mode={mode}",
-                    f"out_dir={out / f'{mode}-seed{seed}'}",
-                ],
-            )
-            print(f"\n== {label}, seed {seed}: {cfg.schedule.epochs} epochs in {cfg.out_dir} ==")
-            rows.append(_train_one(label, cfg, dataset, progress))
-    table = format_demo_table(rows)
-    payload = {
-        "rows": [row._asdict() for row in rows],
-        "means": [row._asdict() for row in mean_rows(rows)],
-        "table": table,
-    }
-    atomic_write_text(out / DEMO_JSON, json.dumps(payload, indent=2) + "\n")
-    print(f"\n{table}\n(results in {out / DEMO_JSON})")
-    return rows
-
-
-def _train_one(label: str, cfg: DuATMConfig, dataset: ReIDDataset[Any], progress: bool) -> DemoRow:
-    run_dir = Path(cfg.out_dir)
-    resume = latest_checkpoint(run_dir)
-    if resume is not None:
-        print(f"resuming from {resume}")
-    # A run that never saved a checkpoint (stopped in its first epoch) starts again: the demo
-    # owns these folders.
-    trainer = Trainer(
-        cfg, dataset=dataset, resume_from=resume, overwrite=resume is None, progress=progress
+    results = run_ablation(
+        demo.config,
+        out,
+        rows=DEMO_ROWS,
+        seeds=seeds,
+        overrides=[f"data.root={data_root}", *overrides],
+        dataset=demo.dataset(data_root),
+        progress=progress,
     )
-    trainer.fit()
-    results = json.loads((run_dir / RESULTS_JSON).read_text())
-    return DemoRow(
-        label,
-        cfg.model.mode,
-        cfg.seed,
-        results["R1"],
-        results["R5"],
-        results["mAP"],
-        trainer.seconds,
-    )
+    report = demo_report(results)
+    write_ablation_json(out / DEMO_JSON, DEMO_ROWS, results, report)
+    print(f"\n{report}\n(results in {out / DEMO_JSON})")
+    return results
 
 
-def mean_rows(rows: Sequence[DemoRow]) -> list[DemoRow]:
-    """One row per model (in first-seen order): metrics averaged over its seeds, times summed."""
-    by_model: dict[tuple[str, str], list[DemoRow]] = {}
-    for row in rows:
-        by_model.setdefault((row.model, row.mode), []).append(row)
-    return [
-        DemoRow(
-            model,
-            mode,
-            None,
-            *(sum(getattr(r, field) for r in group) / len(group) for field in ("r1", "r5", "mAP")),
-            sum(r.train_seconds for r in group),
-        )
-        for (model, mode), group in by_model.items()
-    ]
-
-
-def format_demo_table(rows: Sequence[DemoRow]) -> str:
-    """A Markdown table (metrics in percent) of the per-seed rows, then of the means over seeds
-    when there are several, and the verdict on the first two models' means."""
-    means = mean_rows(rows)
-    several = len(means) < len(rows)
-    lines = [
-        "| model | seed | R1 | R5 | mAP | train + eval time |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    lines += [_table_line(r) for r in rows]
-    if several:
-        lines += [_table_line(r) for r in means]
-    if len(means) == 2:
-        lines += ["", verdict(*(means if several else rows))]
-        if several:
-            lines.append(_seed_count(rows, means[0].model, means[1].model))
-    return "\n".join(lines)
-
-
-def _table_line(r: DemoRow) -> str:
-    seed = "mean" if r.seed is None else str(r.seed)
-    model = f"**{r.model}**" if r.seed is None else r.model
-    return (
-        f"| {model} | {seed} | {100 * r.r1:.1f} | {100 * r.r5:.1f} | {100 * r.mAP:.1f} "
-        f"| {r.train_seconds / 60:.1f} min |"
-    )
-
-
-def verdict(model: DemoRow, baseline: DemoRow) -> str:
-    """One line saying whether ``model`` beat ``baseline`` in R1 and mAP, with the margins."""
-    d_r1, d_map = 100 * (model.r1 - baseline.r1), 100 * (model.mAP - baseline.mAP)
-    margins = f"R1 {d_r1:+.1f}, mAP {d_map:+.1f} points"
-    over = "" if model.seed is not None else " (means over seeds)"
-    if d_r1 > 0 and d_map > 0:
-        return f"{model.model} is ahead of {baseline.model}{over}: {margins}."
-    return f"{model.model} is NOT ahead of {baseline.model} in both R1 and mAP{over}: {margins}."
-
-
-def _seed_count(rows: Sequence[DemoRow], model: str, baseline: str) -> str:
-    """How many seeds put ``model`` ahead of ``baseline`` in R1, in mAP, and in both."""
-    ours = {r.seed: r for r in rows if r.model == model}
-    theirs = {r.seed: r for r in rows if r.model == baseline}
-    seeds = [s for s in ours if s in theirs]
-    r1 = sum(ours[s].r1 > theirs[s].r1 for s in seeds)
-    mean_ap = sum(ours[s].mAP > theirs[s].mAP for s in seeds)
-    both = sum(ours[s].r1 > theirs[s].r1 and ours[s].mAP > theirs[s].mAP for s in seeds)
-    return (
-        f"Seed by seed, {model} is ahead in R1 with {r1} of {len(seeds)}, in mAP with "
-        f"{mean_ap}, in both with {both}."
+def demo_report(results: dict[str, list[RunResult]]) -> str:
+    """Per-seed runs, the summary table and the verdict on DuATM against AvePool."""
+    dual, avgpool = DEMO_ROWS
+    return "\n\n".join(
+        [
+            format_runs(DEMO_ROWS, results),
+            format_ablation(DEMO_ROWS, results),
+            verdict(dual.label, results[dual.key], avgpool.label, results[avgpool.key])
+            + "\n(last-epoch test metrics of a fixed schedule)",
+        ]
     )
 
 

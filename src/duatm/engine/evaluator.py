@@ -32,10 +32,11 @@ from duatm.data.batches import batch_pixels
 from duatm.data.clips import ClipSampler
 from duatm.engine.blockwise import blockwise_rank_metrics
 from duatm.engine.builders import autocast_for
+from duatm.engine.diagnostics import matcher_diagnostics
 from duatm.engine.distributed import SINGLE, DistContext, all_gather_cat
 from duatm.engine.progress import Progress
 from duatm.metrics import RankMetrics, check_valid_queries, rank_metrics, re_ranking
-from duatm.metrics.report import rank_metrics_to_dict
+from duatm.metrics.report import per_query_to_dict, rank_metrics_to_dict
 from duatm.models.duatm import DuATM
 
 RESULTS_JSON = "results.json"
@@ -56,14 +57,15 @@ class Rerank(NamedTuple):
 
 class SplitEvaluation(NamedTuple):
     """What :func:`evaluate_split` measured: the metrics of the matcher's (Q, G) distances, the
-    seconds each stage took, the distances, and after re-ranking (when asked for) its metrics
-    and distances."""
+    seconds each stage took, the distances, after re-ranking (when asked for) its metrics and
+    distances, and the matcher diagnostics."""
 
     metrics: RankMetrics
     timings: dict[str, float]
     distances: Tensor  # (Q, G) float32 on the CPU
     reranked: RankMetrics | None = None
     reranked_distances: Tensor | None = None
+    diagnostics: dict[str, float] = {}  # noqa: RUF012 (a NamedTuple default, never mutated)
 
 
 class ExtractedSequences(NamedTuple):
@@ -219,14 +221,18 @@ def evaluate(
     dist: DistContext = SINGLE,
     stream_to: str | Path | None = None,
     block_mb: int = 512,
+    diagnostics: bool = True,
 ) -> tuple[RankMetrics, dict[str, float]]:
-    """Rank metrics of the model on a query / gallery split, and the seconds each stage took.
+    """Rank metrics of the model on a query / gallery split, and a dict of the seconds each
+    stage took (``*_s``) and, with ``diagnostics``, the matcher diagnostics of
+    :func:`duatm.engine.diagnostics.matcher_diagnostics` (is the attention still attending?).
 
     With ``dist`` of several ranks (every rank calls this with the same loaders), each rank
     extracts its share of both sets and the distances are computed in blocks of ``block_mb``
     MiB, each rank holding only its share of the gallery and of the matrix; with
     ``stream_to``, the blocks go to a scratch file there instead of memory. Every rank gets
-    the same metrics, equal to one process's.
+    the same metrics, equal to one process's; the diagnostics then describe the queries
+    against the gallery share of each rank.
 
     ``distractor_pids``: the dataset's (``ReIDDataset.distractor_pids``); queries with them are
     skipped. ``own_images``: from :func:`find_own_images` when the caller evaluates repeatedly
@@ -251,6 +257,7 @@ def evaluate(
             dist=dist,
             stream_to=stream_to,
             block_mb=block_mb,
+            diagnostics=diagnostics,
         )
     result = evaluate_split(
         model,
@@ -265,8 +272,9 @@ def evaluate(
         distractor_pids=distractor_pids,
         own_images=own_images,
         progress=progress,
+        diagnostics=diagnostics,
     )
-    return result.metrics, result.timings
+    return result.metrics, {**result.timings, **result.diagnostics}
 
 
 def evaluate_split(
@@ -284,6 +292,7 @@ def evaluate_split(
     own_images: OwnImages | None = None,
     rerank: Rerank | None = None,
     progress: bool = True,
+    diagnostics: bool = True,
 ) -> SplitEvaluation:
     """:func:`evaluate` in one process with the whole (Q, G) matrix, which it returns too; with
     ``rerank`` also the metrics and distances after k-reciprocal re-ranking (``duatm evaluate
@@ -320,13 +329,27 @@ def evaluate_split(
         "match_s": matched - extracted,
         "rank_s": time.perf_counter() - matched,
     }
+    found = _diagnostics(model, query, gallery, distances) if diagnostics else {}
     if rerank is None:
-        return SplitEvaluation(metrics, timings, distances)
+        return SplitEvaluation(metrics, timings, distances, diagnostics=found)
     reranking = time.perf_counter()
     reranked = reranked_distances(model, query, gallery, distances, rerank, tile_mb=tile_mb)
     reranked_metrics = ranked(reranked)
     timings["rerank_s"] = time.perf_counter() - reranking
-    return SplitEvaluation(metrics, timings, distances, reranked_metrics, reranked)
+    return SplitEvaluation(metrics, timings, distances, reranked_metrics, reranked, found)
+
+
+def _diagnostics(
+    model: DuATM,
+    query: ExtractedSequences,
+    gallery: ExtractedSequences,
+    distances: Tensor | None = None,
+) -> dict[str, float]:
+    """The matcher diagnostics of equal-length sequences; none for the packed tracklets of the
+    ``all`` mode (they would need every statistic masked by length)."""
+    if query.lengths is not None or gallery.lengths is not None:
+        return {}
+    return matcher_diagnostics(model.matcher, query.sequences, gallery.sequences, distances)
 
 
 def reranked_distances(
@@ -364,6 +387,7 @@ def _evaluate_blockwise(
     dist: DistContext,
     stream_to: str | Path | None,
     block_mb: int,
+    diagnostics: bool,
 ) -> tuple[RankMetrics, dict[str, float]]:
     """`evaluate` with the extraction shared out over the ranks and the metrics block by block."""
     if any(_every_frame(loader) for loader in (query_loader, gallery_loader)):
@@ -412,7 +436,11 @@ def _evaluate_blockwise(
         stream_to=stream_to,
         progress=progress,
     )
-    return metrics, {"extract_s": extracted - start, **timings}
+    extra = {"extract_s": extracted - start, **timings}
+    if diagnostics:
+        # On the rank's gallery share: the matrix itself is never held in one place here.
+        extra.update(_diagnostics(model, query, gallery))
+    return metrics, extra
 
 
 def _clip_sampler(loader: DataLoader[Any]) -> ClipSampler | None:
@@ -663,7 +691,8 @@ def _is_results_file(path: Path) -> bool:
 
 
 def write_results(path: str | Path, metrics: RankMetrics, **extra: Any) -> Path:
-    """Write the metrics (fractions in [0, 1], the full CMC curve) and ``extra`` fields as JSON."""
-    payload = {**extra, **rank_metrics_to_dict(metrics)}
+    """Write the metrics (fractions in [0, 1], the full CMC curve, and each query's AP and
+    first-match rank, for paired comparisons of runs) and ``extra`` fields as JSON."""
+    payload = {**extra, **rank_metrics_to_dict(metrics), **per_query_to_dict(metrics)}
     atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
     return Path(path)

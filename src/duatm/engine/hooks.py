@@ -19,6 +19,7 @@ number, as the console and the metric records show it).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -31,7 +32,14 @@ import torch
 from tqdm.auto import tqdm
 
 from duatm.config import config_to_dict
-from duatm.engine.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, save_checkpoint
+from duatm.engine.checkpoint import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
+from duatm.engine.diagnostics import DIAGNOSTIC_NAMES, format_diagnostics
 from duatm.engine.evaluator import RESULTS_JSON, write_results
 from duatm.engine.metrics_log import METRICS_JSONL, plot_metrics
 from duatm.metrics import RankMetrics
@@ -262,7 +270,11 @@ class Evaluation(Hook):
         record = {**summary, **extra}
         trainer.log(self.kind, record)
         if trainer.is_main:
-            tqdm.write(f"epoch {trainer.epoch}: {self.title}\n{format_rank_report(metrics)}")
+            diagnostics = format_diagnostics(record)
+            tqdm.write(
+                f"epoch {trainer.epoch}: {self.title}\n{format_rank_report(metrics)}"
+                + (f"\n{diagnostics}" if diagnostics else "")
+            )
         self.latest = EvalOutcome(metrics, record, trainer.epoch)
 
 
@@ -311,20 +323,42 @@ class Checkpointing(Hook):
 
 
 class FinalResults(Hook):
-    """When the run reaches its last epoch: ``results.json`` from ``evaluation``'s final
-    outcome, and the training curves (``curves.png``)."""
+    """When the run reaches its last epoch: ``results.json`` and the training curves
+    (``curves.png``).
+
+    The top-level metrics of ``results.json`` are ``evaluation``'s (the test split) after the
+    last epoch, with that evaluation's diagnostics. With a ``validation`` evaluation the file also
+    holds the last validation record, and under ``selected`` the test metrics of ``best.pt``
+    (the epoch the validation split selected), so a report can give both the fixed-schedule and
+    the validation-selected number and say which is which.
+    """
 
     main_process_only = True
 
-    def __init__(self, run_dir: Path, evaluation: Evaluation, last_epoch: int) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        evaluation: Evaluation,
+        last_epoch: int,
+        *,
+        validation: Evaluation | None = None,
+        checkpointing: Checkpointing | None = None,
+    ) -> None:
         self.run_dir = run_dir
         self.evaluation = evaluation
         self.last_epoch = last_epoch
+        self.validation = validation
+        self.checkpointing = checkpointing
 
     def after_train(self, trainer: Trainer) -> None:
         outcome = self.evaluation.latest
         if outcome is None or outcome.epoch != self.last_epoch:
             return
+        extra: dict[str, Any] = {"selected_on": None}
+        if self.validation is not None and self.validation.latest is not None:
+            extra["validation"] = self.validation.latest.record
+            extra["selected_on"] = "validation mAP"
+            extra["selected"] = self._selected(trainer, outcome)
         write_results(
             self.run_dir / RESULTS_JSON,
             outcome.metrics,
@@ -332,8 +366,32 @@ class FinalResults(Hook):
             train_seconds=trainer.seconds,
             checkpoint=str(self.run_dir / LAST_CHECKPOINT),
             config=config_to_dict(trainer.cfg),
+            diagnostics=_diagnostics_of(outcome.record),
+            **extra,
         )
         try:
             plot_metrics(self.run_dir / METRICS_JSONL, self.run_dir / CURVES_PNG)
         except ValueError as err:  # nothing plottable (e.g. a single-step run)
             _LOG.warning("no training curves drawn: %s", err)
+
+    def _selected(self, trainer: Trainer, last: EvalOutcome) -> dict[str, Any] | None:
+        """Test metrics of the validation-selected ``best.pt`` (evaluated here unless it is the
+        last epoch's model, whose test metrics are already known)."""
+        best = self.checkpointing.best if self.checkpointing is not None else None
+        if best is None:
+            return None
+        if best["epoch"] == last.epoch:
+            metrics = last.metrics
+        else:
+            path = self.run_dir / BEST_CHECKPOINT
+            state = load_checkpoint(path)
+            model = copy.deepcopy(trainer.model)
+            load_model_state(model, state["model"], str(path))
+            metrics, _ = trainer.evaluate_test(model, alone=True)  # rank 0 only
+        summary = rank_metrics_to_dict(metrics)
+        del summary["cmc"]
+        return {"checkpoint": str(self.run_dir / BEST_CHECKPOINT), **best, "test": summary}
+
+
+def _diagnostics_of(record: Mapping[str, Any]) -> dict[str, float]:
+    return {name: record[name] for name in DIAGNOSTIC_NAMES if name in record}

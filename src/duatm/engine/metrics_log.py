@@ -138,6 +138,19 @@ def read_metrics(jsonl_path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+#: Panels of the curves beside the training losses: the rank metrics and the matcher
+#: diagnostics (docs/design.md#diagnostics), each for the test ("eval") and validation records.
+RANK_CURVES = ("R1", "R5", "mAP", "mINP")
+DIAGNOSTIC_CURVES = (
+    "intra_entropy",
+    "inter_entropy",
+    "uniform_entropy",
+    "element_cosine",
+    "rank_corr_meanvec",
+)
+_EVAL_KINDS = (("eval", "test"), ("val", "val"))
+
+
 def plot_metrics(
     jsonl_path: str | Path,
     out_png: str | Path,
@@ -145,18 +158,30 @@ def plot_metrics(
     train_keys: Sequence[str] | None = None,
     eval_keys: Sequence[str] | None = None,
 ) -> Path:
-    """Draw training curves to a PNG: "train" metrics (mean per epoch) and "eval" metrics vs epoch.
+    """Draw training curves to a PNG: the "train" losses (mean per epoch), the rank metrics and
+    the matcher diagnostics of the "eval" (test) and "val" records, against the epoch.
 
-    Keys default to every numeric metric of that kind ("lr" is left out of the loss panel).
-    Raises ValueError when the file holds no plottable record.
+    ``train_keys`` defaults to every numeric training metric but the learning rate and speed;
+    ``eval_keys`` to the rank metrics. Raises ValueError when the file holds no plottable record.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     records = read_metrics(jsonl_path)
+    evaluated = {}
+    diagnosed = {}
+    for kind, label in _EVAL_KINDS:
+        for name, curve in epoch_curves(records, kind, eval_keys or RANK_CURVES).items():
+            evaluated[f"{label} {name}"] = curve
+        for name, curve in epoch_curves(records, kind, DIAGNOSTIC_CURVES).items():
+            diagnosed[f"{label} {name}"] = curve
     panels = [
-        ("training losses (mean per epoch)", epoch_curves(records, "train", train_keys, {"lr"})),
-        ("evaluation", epoch_curves(records, "eval", eval_keys)),
+        (
+            "training losses (mean per epoch)",
+            epoch_curves(records, "train", train_keys, {"lr", "images_per_s"}),
+        ),
+        ("evaluation", evaluated),
+        ("is the attention attending? (diagnostics)", diagnosed),
     ]
     panels = [(title, series) for title, series in panels if series]
     if not panels:
@@ -170,7 +195,7 @@ def plot_metrics(
             axes.plot(epochs, values, marker="o" if len(epochs) < 30 else None, label=name)
         axes.set(title=title, xlabel="epoch")
         axes.grid(alpha=0.3)
-        axes.legend()
+        axes.legend(fontsize="small")
     out_png = Path(out_png)
     with atomic_open(out_png, "wb") as handle:
         figure.savefig(handle, format="png", dpi=100)

@@ -16,20 +16,23 @@ import contextlib
 import functools
 import gc
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from duatm import __version__
 from duatm.config import ConfigError, DuATMConfig, config_from_dict, config_to_dict, save_config
 from duatm.data.batches import batch_pixels
 from duatm.data.datasets import ReIDDataset
+from duatm.data.records import RecordT, count_pids
 from duatm.data.transforms import normalise
+from duatm.data.validation import ValidationSplit, carve_validation, validation_identity_count
 from duatm.engine.builders import (
     autocast_for,
     build_model,
@@ -47,13 +50,15 @@ from duatm.engine.checkpoint import (
     restore_rng_state,
 )
 from duatm.engine.distributed import (
+    SINGLE,
+    DistContext,
     barrier,
     broadcast_buffers,
     current,
     mean_over_ranks,
     rank_device,
 )
-from duatm.engine.evaluator import check_protocol, evaluate
+from duatm.engine.evaluator import OwnImages, check_protocol, evaluate
 from duatm.engine.hooks import (
     CURVES_PNG,
     BackboneFreeze,
@@ -73,6 +78,7 @@ from duatm.engine.run_folder import check_run_folder, locked_run_folder, probe_l
 from duatm.engine.seed import seed_epoch, seed_everything
 from duatm.losses import DuATMLoss, LossOutput
 from duatm.metrics import RankMetrics
+from duatm.models.duatm import DuATM
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -124,16 +130,49 @@ def default_hooks(trainer: Trainer) -> list[Hook]:
     saves them; the clock stops after the evaluation and before the checkpoint that records it;
     the checkpoint selects ``best.pt`` on the evaluation that ran just before it."""
     cfg, run_dir = trainer.cfg, trainer.run_dir
+    validation = trainer.validation_evaluation
+    evaluations = [trainer.evaluation] if validation is None else [validation, trainer.evaluation]
     return [
         BackboneFreeze(cfg.schedule.freeze_backbone_epochs),
         LRSchedule(functools.partial(learning_rate, cfg)),
         NonFiniteGuard(run_dir),
         MetricLogging(cfg.log_every, cfg.schedule.epochs),
-        trainer.evaluation,
+        *evaluations,
         WallClock(),
-        Checkpointing(run_dir, selection=trainer.evaluation, metric="mAP"),
-        FinalResults(run_dir, trainer.evaluation, cfg.schedule.epochs),
+        # best.pt only ever comes from the validation split: never selected on the test set.
+        checkpointing := Checkpointing(run_dir, selection=validation, metric="mAP"),
+        FinalResults(
+            run_dir,
+            trainer.evaluation,
+            cfg.schedule.epochs,
+            validation=validation,
+            checkpointing=checkpointing,
+        ),
     ]
+
+
+def split_validation(
+    cfg: DuATMConfig, train: Sequence[RecordT]
+) -> tuple[list[RecordT], ValidationSplit[RecordT] | None]:
+    """The records to train on, and the validation split carved from them when
+    ``data.val_identities`` asks for one (always the same identities for a given dataset)."""
+    count = validation_identity_count(cfg.data.val_identities, count_pids(train))
+    if count == 0:
+        return list(train), None
+    try:
+        split = carve_validation(train, count)
+    except ValueError as err:
+        raise ConfigError(f"data.val_identities={cfg.data.val_identities}: {err}") from err
+    return split.train, split
+
+
+class _EvalSplit(NamedTuple):
+    """A query/gallery pair the trainer evaluates on, with what its protocol needs."""
+
+    query: DataLoader[Any]
+    gallery: DataLoader[Any]
+    distractor_pids: tuple[int, ...]
+    own_images: OwnImages
 
 
 class Trainer:
@@ -184,10 +223,12 @@ class Trainer:
         self.dataset = (
             dataset if dataset is not None else load_dataset(cfg, verbose=self.dist.is_main)
         )
+        self.train_records, self.validation = split_validation(cfg, self.dataset.train)
+        self.num_classes = count_pids(self.train_records)
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
-        self.model = build_model(
-            cfg, self.dataset.num_train_pids, load_pretrained=checkpoint is None
-        ).to(self.device)
+        self.model = build_model(cfg, self.num_classes, load_pretrained=checkpoint is None).to(
+            self.device
+        )
         if cfg.distributed.sync_batchnorm and self.dist.enabled:
             if self.device.type != "cuda":
                 raise ConfigError(
@@ -207,17 +248,22 @@ class Trainer:
             nesterov=o.nesterov,
         )
         self.train_loader, self.sampler = build_train_loader(
-            cfg, self.dataset.train, rank=self.dist.rank, world_size=self.dist.world_size
+            cfg, self.train_records, rank=self.dist.rank, world_size=self.dist.world_size
         )
         self.query_loader = build_test_loader(cfg, self.dataset.query)
         self.gallery_loader = build_test_loader(cfg, self.dataset.gallery)
-        # Data the protocol cannot evaluate (one camera, disjoint identities) fails now, not
-        # after the first epochs; the query images found in the gallery are kept for later.
-        self.own_images = check_protocol(
-            self.query_loader.dataset,
-            self.gallery_loader.dataset,
-            keep_same_camera=cfg.eval.keep_same_camera,
-            distractor_pids=self.dataset.distractor_pids,
+        self.test_split = self._eval_split(
+            self.query_loader, self.gallery_loader, self.dataset.distractor_pids
+        )
+        # The validation identities are training identities: none is a distractor.
+        self.validation_split = (
+            None
+            if self.validation is None
+            else self._eval_split(
+                build_test_loader(cfg, self.validation.query),
+                build_test_loader(cfg, self.validation.gallery),
+                (),
+            )
         )
         self.amp = cfg.amp and self.device.type == "cuda"
         # float16 autocast needs loss scaling; bfloat16 (chosen where supported) does not.
@@ -234,8 +280,21 @@ class Trainer:
         self.seconds = 0.0  # wall time spent in training and evaluation, over all sessions
         self.logger: MetricsLogger | None = None  # open during `fit`, on the main process
         self.progress_bar: Progress[Any] | None = None  # the current epoch's bar
+        # With a validation split the test set is evaluated once, at the end: it is reported,
+        # never watched. Without one, periodic test evaluations are the only progress report.
+        self.validation_evaluation: Evaluation | None = None
+        if self.validation_split is not None:
+            self.validation_evaluation = Evaluation(
+                functools.partial(self._evaluate_on, self.validation_split),
+                every=cfg.eval.every,
+                last_epoch=cfg.schedule.epochs,
+                kind="val",
+                title="validation",
+            )
         self.evaluation = Evaluation(
-            self._evaluate_test, every=cfg.eval.every, last_epoch=cfg.schedule.epochs
+            functools.partial(self._evaluate_on, self.test_split),
+            every=0 if self.validation is not None else cfg.eval.every,
+            last_epoch=cfg.schedule.epochs,
         )
         self.hooks: list[Hook] = default_hooks(self)
         self._resumed_hook_states: dict[str, Any] = {}
@@ -286,7 +345,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "duatm_version": __version__,
             "config": config_to_dict(self.cfg),
-            "num_classes": self.dataset.num_train_pids,
+            "num_classes": self.num_classes,
             "epoch": self.epoch,
             "step": self.step,
             "seconds": self.seconds,
@@ -430,23 +489,55 @@ class Trainer:
             self._ddp_backbone_frozen = frozen
         return self._ddp
 
-    def _evaluate_test(self, trainer: Trainer) -> tuple[RankMetrics, dict[str, float]]:
-        """Rank metrics of the current model on the query/gallery split, and stage timings."""
+    def evaluate_test(
+        self, model: DuATM | None = None, *, alone: bool = False
+    ) -> tuple[RankMetrics, dict[str, float]]:
+        """Rank metrics of the current model (or ``model``) on the test query/gallery split;
+        ``alone``: in this process only, even under torchrun (no collective, so one rank may
+        call it while the others do not)."""
+        return self._evaluate_on(self.test_split, self, model, dist=SINGLE if alone else None)
+
+    def _eval_split(
+        self,
+        query_loader: DataLoader[Any],
+        gallery_loader: DataLoader[Any],
+        distractor_pids: Collection[int],
+    ) -> _EvalSplit:
+        """A query/gallery pair to evaluate on. Data the protocol cannot evaluate (one camera,
+        disjoint identities) fails now, not after the first epochs; the query images found in
+        the gallery are looked up once, here."""
+        own_images = check_protocol(
+            query_loader.dataset,
+            gallery_loader.dataset,
+            keep_same_camera=self.cfg.eval.keep_same_camera,
+            distractor_pids=distractor_pids,
+        )
+        return _EvalSplit(query_loader, gallery_loader, tuple(distractor_pids), own_images)
+
+    def _evaluate_on(
+        self,
+        split: _EvalSplit,
+        trainer: Trainer,
+        model: DuATM | None = None,
+        dist: DistContext | None = None,
+    ) -> tuple[RankMetrics, dict[str, float]]:
+        """Rank metrics of the current model (or ``model``) on a query/gallery split, with the
+        stage timings and the matcher diagnostics; shared over the ranks unless ``dist``."""
         e = self.cfg.eval
         return evaluate(
-            self.model,
-            self.query_loader,
-            self.gallery_loader,
+            self.model if model is None else model,
+            split.query,
+            split.gallery,
             self.device,
             flip=e.flip,
             amp=self.amp,
             tile_mb=e.tile_mb,
             max_rank=e.max_rank,
             keep_same_camera=e.keep_same_camera,
-            distractor_pids=self.dataset.distractor_pids,
-            own_images=self.own_images,
+            distractor_pids=split.distractor_pids,
+            own_images=split.own_images,
             progress=self.progress and self.is_main,
-            dist=self.dist,
+            dist=self.dist if dist is None else dist,
             stream_to=e.stream_to,
             block_mb=e.block_mb,
         )
@@ -454,10 +545,11 @@ class Trainer:
     def _restore(self, state: dict[str, Any], source: str) -> None:
         # Checkpoints from before distributed training have no world_size: one process.
         check_run_state(state, source, keys=tuple(sorted(_CORE_KEYS - {"world_size"})))
-        if state["num_classes"] != self.dataset.num_train_pids:
+        if state["num_classes"] != self.num_classes:
             raise CheckpointError(
                 f"{source} was trained on {state['num_classes']} identities; the dataset at "
-                f"{self.cfg.data.root} has {self.dataset.num_train_pids}"
+                f"{self.cfg.data.root} gives {self.num_classes} (data.val_identities="
+                f"{self.cfg.data.val_identities} held out of training)"
             )
         if self.is_main:
             _warn_config_changes(config_from_dict(state["config"], source), self.cfg, source)

@@ -80,6 +80,11 @@ class RankMetrics(NamedTuple):
     num_valid_queries: int
     skipped: SkippedQueries = SkippedQueries()  # queries not counted, by reason
     own_images_removed: int = 0  # gallery items removed as a query's own image
+    #: (Q,) float64 AP of every query, NaN where the query was skipped (no true match left);
+    #: per-query values are what paired comparisons of two models resample (bootstrap CIs).
+    query_ap: np.ndarray | None = None
+    #: (Q,) int64 rank of each query's first true match (1-based), 0 where it was skipped.
+    query_first_rank: np.ndarray | None = None
 
 
 class QueryRanks(NamedTuple):
@@ -506,6 +511,8 @@ def _aggregate(
         mINP=float(np.mean(inp)),
         num_valid_queries=num_valid,
         skipped=skipped,
+        query_ap=np.where(valid, per_query.ap, np.nan),
+        query_first_rank=np.where(valid, per_query.first_rank, 0),
     )
 
 

@@ -110,3 +110,14 @@ def _checked_ranks(metrics: RankMetrics, ranks: Sequence[int] | None) -> list[in
                 f"{max_rank} entries), got {k!r}"
             )
     return [int(k) for k in ranks]
+
+
+def per_query_to_dict(metrics: RankMetrics) -> dict[str, list[float | None] | list[int]]:
+    """Each query's AP (None where the query was skipped) and first-match rank (0 where it was
+    skipped), as JSON-ready lists; empty when the metrics carry no per-query values."""
+    if metrics.query_ap is None or metrics.query_first_rank is None:
+        return {}
+    return {
+        "query_ap": [None if np.isnan(ap) else float(ap) for ap in metrics.query_ap],
+        "query_first_rank": [int(rank) for rank in metrics.query_first_rank],
+    }

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from duatm.data.transforms import normalise
 from duatm.models.backbones import build_backbone
 from duatm.models.extractor import ImageSequenceExtractor, VideoSequenceExtractor
+from duatm.models.heads import build_classifier
 from duatm.models.matching import DualAttentionMatcher
 
 __all__ = ["MODEL_KINDS", "DuATM"]
@@ -26,10 +27,10 @@ class DuATM(nn.Module):
     :class:`~duatm.models.extractor.ImageSequenceExtractor` for ``kind="image"``, a
     :class:`~duatm.models.extractor.VideoSequenceExtractor` for ``kind="video"``), ``matcher``
     (the learned sequence distance, ablation ``mode`` fixed at construction) and ``classifier``
-    (``nn.Linear(dim, num_classes)``, used only by the training cross-entropy on randomly pooled
-    sequences; evaluation never touches it). The matcher, losses and engine are the same for
-    both kinds; video inputs are clips (B, T, 3, H, W), optionally with per-clip ``lengths``
-    for a zero-padded batch.
+    (the head of the training cross-entropy on randomly pooled sequences, ``ce_head`` one of
+    :data:`duatm.models.heads.CE_HEADS`; evaluation never touches it). The matcher, losses and
+    engine are the same for both kinds; video inputs are clips (B, T, 3, H, W), optionally with
+    per-clip ``lengths`` for a zero-padded batch.
 
     The paper trains with the backbone frozen first and then end to end:
     [`freeze_backbone`][duatm.models.DuATM.freeze_backbone] and
@@ -50,6 +51,9 @@ class DuATM(nn.Module):
             :class:`~duatm.models.extractor.VideoSequenceExtractor`).
         rnn_hidden: its units per direction (default ``dim``).
         frame_chunk: video frames per backbone call in eval mode.
+        ce_head: classifier of the pooled-sequence cross-entropy (``"paper"``: one FC layer).
+        ce_scale: logit scale of the ``"cosine"`` head.
+        attention_scale: factor on every attention logit of the matcher (1 = the paper).
     """
 
     def __init__(
@@ -65,6 +69,9 @@ class DuATM(nn.Module):
         rnn: str = "gru",
         rnn_hidden: int | None = None,
         frame_chunk: int = 64,
+        ce_head: str = "paper",
+        ce_scale: float = 16.0,
+        attention_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -80,8 +87,8 @@ class DuATM(nn.Module):
                 trunk, dim, rnn=rnn, hidden=rnn_hidden, frame_chunk=frame_chunk
             )
         )
-        self.matcher = DualAttentionMatcher(dim, mode)
-        self.classifier = nn.Linear(dim, num_classes)
+        self.matcher = DualAttentionMatcher(dim, mode, attention_scale=attention_scale)
+        self.classifier = build_classifier(ce_head, dim, num_classes, scale=ce_scale)
         self._backbone_frozen = False
 
     @property

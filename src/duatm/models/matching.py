@@ -205,16 +205,22 @@ class DualAttentionMatcher(nn.Module):
         mode: ``"dual"`` (Eq. 4), ``"inter"`` (alignment only), ``"intra"`` (refinement only,
             position i against position i) or ``"avgpool"`` (distance of mean vectors; the
             AvePool baseline, which has no transform layer: ``transform`` is ``None``).
+        attention_scale: factor on the filtered vectors q of Eq. 1, hence on every attention
+            logit. 1 is the paper (the scale is learned only through W and BN); a larger value
+            starts training from sharper attention (docs/design.md#attention-scale).
     """
 
-    def __init__(self, dim: int, mode: str = "dual") -> None:
+    def __init__(self, dim: int, mode: str = "dual", *, attention_scale: float = 1.0) -> None:
         super().__init__()
         if mode not in MATCHER_MODES:
             raise ValueError(f"mode must be one of {MATCHER_MODES}; got {mode!r}")
         if dim <= 0:
             raise ValueError(f"dim must be positive; got {dim}")
+        if not attention_scale > 0:
+            raise ValueError(f"attention_scale must be positive; got {attention_scale}")
         self.dim = dim
         self.mode = mode
+        self.attention_scale = float(attention_scale)
         self.transform: nn.Sequential | None = (
             None
             if mode == "avgpool"
@@ -222,7 +228,7 @@ class DualAttentionMatcher(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, mode={self.mode!r}"
+        return f"dim={self.dim}, mode={self.mode!r}, attention_scale={self.attention_scale}"
 
     # ----------------------------------------------------------------- per-item work
     def _filter(self, *sequences: Tensor) -> list[Tensor]:
@@ -230,6 +236,8 @@ class DualAttentionMatcher(nn.Module):
         assert self.transform is not None
         flat = torch.cat([x.reshape(-1, self.dim) for x in sequences])
         filtered = self.transform(flat)
+        if self.attention_scale != 1.0:
+            filtered = filtered * self.attention_scale
         sizes = [x.shape[0] * x.shape[1] for x in sequences]
         return [f.view_as(x) for f, x in zip(filtered.split(sizes), sequences, strict=True)]
 

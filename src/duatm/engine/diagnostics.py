@@ -1,0 +1,155 @@
+"""Is my DuATM still attending? Numbers that show a matcher degenerating into average pooling.
+
+A dual attention matcher whose attention rows are uniform computes, for every element, the mean
+of its own sequence against the mean of the other one: exactly the AvePool distance, at many
+times the cost. That degeneration is invisible in CMC / mAP alone, so every evaluation reports:
+
+* ``intra_entropy`` / ``inter_entropy`` (nats): mean entropy of the intra-sequence (refinement)
+  and inter-sequence (alignment) attention rows, with their 5th percentiles (``*_p5``: the
+  sharpest rows); ``uniform_entropy`` = log S is the value of uniform rows, 0 is one-hot.
+* ``element_cosine``: mean cosine between two different elements of one sequence. Near 1 the
+  sequence has collapsed onto one vector and there is nothing left to align.
+* ``rank_corr_meanvec``: per query, the Spearman rank correlation between the matcher's
+  distances and the Euclidean distances of the same sequences' mean vectors, averaged over
+  queries. Near 1 the matcher ranks the gallery like average pooling of its own features.
+
+See docs/design.md#diagnostics for how to read them. Everything is computed on random samples
+of items, pairs and queries (fixed generator), so the cost is bounded on any gallery size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from scipy.stats import rankdata
+from torch import Tensor
+
+from duatm.models.matching import DualAttentionMatcher
+
+#: Diagnostic names in the order they are printed and logged.
+DIAGNOSTIC_NAMES = (
+    "intra_entropy",
+    "intra_entropy_p5",
+    "inter_entropy",
+    "inter_entropy_p5",
+    "uniform_entropy",
+    "element_cosine",
+    "rank_corr_meanvec",
+)
+
+
+@torch.inference_mode()
+def matcher_diagnostics(
+    matcher: DualAttentionMatcher,
+    query: Tensor,
+    gallery: Tensor,
+    distances: Tensor | None = None,
+    *,
+    max_items: int = 512,
+    max_pairs: int = 1024,
+    max_queries: int = 256,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Attention sharpness, sequence collapse and agreement with mean pooling of a trained
+    matcher on query (Q, S, D) and gallery (G, S, D) sequences and their (Q, G) ``distances``.
+
+    The matcher must be in eval mode (BatchNorm with running statistics), as in evaluation.
+    Attention entropies are NaN for ``avgpool``, which has no attention. Without ``distances``
+    the matcher computes those of the sampled queries.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    items = torch.cat([query, gallery])
+    sampled = items[_sample(len(items), max_items, generator)]
+    out = {"element_cosine": _element_cosine(sampled), "uniform_entropy": math.log(items.shape[1])}
+    out["rank_corr_meanvec"] = _rank_correlation_with_means(
+        matcher, query, gallery, distances, max_queries, generator
+    )
+    nan = float("nan")
+    intra = inter = torch.full((1,), nan)
+    if matcher.transform is not None:
+        intra = _row_entropy(_attention(matcher, sampled, sampled))
+        a = query[torch.randint(len(query), (max_pairs,), generator=generator)]
+        b = gallery[torch.randint(len(gallery), (max_pairs,), generator=generator)]
+        inter = torch.cat(
+            [_row_entropy(_attention(matcher, a, b)), _row_entropy(_attention(matcher, b, a))]
+        )
+    out["intra_entropy"], out["intra_entropy_p5"] = _mean_and_p5(intra)
+    out["inter_entropy"], out["inter_entropy_p5"] = _mean_and_p5(inter)
+    return {name: float(out[name]) for name in DIAGNOSTIC_NAMES}
+
+
+def _sample(n: int, k: int, generator: torch.Generator) -> Tensor:
+    return torch.arange(n) if n <= k else torch.randperm(n, generator=generator)[:k]
+
+
+def _attention(matcher: DualAttentionMatcher, xa: Tensor, xb: Tensor) -> Tensor:
+    """(N, Sa, Sb) attention of each element of ``xa`` over ``xb`` (Eq. 2-3, row-stochastic)."""
+    assert matcher.transform is not None
+    dim = xa.shape[-1]
+    filtered = matcher.transform(xa.reshape(-1, dim).float()).view(xa.shape)
+    filtered = filtered * matcher.attention_scale
+    return torch.softmax(filtered @ xb.float().transpose(1, 2), dim=-1)
+
+
+def _row_entropy(attention: Tensor) -> Tensor:
+    """Entropy in nats of every attention row, flattened."""
+    return -(attention * attention.clamp_min(1e-30).log()).sum(-1).flatten()
+
+
+def _mean_and_p5(values: Tensor) -> tuple[float, float]:
+    return float(values.mean()), float(torch.quantile(values.double(), 0.05))
+
+
+def _element_cosine(sequences: Tensor) -> float:
+    """Mean cosine between distinct elements of the same sequence."""
+    x = torch.nn.functional.normalize(sequences.float(), dim=-1)
+    length = x.shape[1]
+    if length < 2:
+        return float("nan")
+    gram_sum = (x @ x.transpose(1, 2)).sum((1, 2)) - length  # off-diagonal sum per item
+    return float((gram_sum / (length * (length - 1))).mean())
+
+
+def _rank_correlation_with_means(
+    matcher: DualAttentionMatcher,
+    query: Tensor,
+    gallery: Tensor,
+    distances: Tensor | None,
+    max_queries: int,
+    generator: torch.Generator,
+) -> float:
+    """Mean over sampled queries of Spearman(matcher distances, mean-vector distances)."""
+    if len(gallery) < 2:
+        return float("nan")
+    rows = _sample(len(query), max_queries, generator)
+    pooled = torch.cdist(query[rows].float().mean(1), gallery.float().mean(1).contiguous())
+    chosen = matcher.pairwise(query[rows], gallery) if distances is None else distances[rows]
+    return float(_spearman_rows(chosen.double().cpu(), pooled.double().cpu()).nanmean())
+
+
+def _spearman_rows(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise Spearman correlation (tied values share their mean rank)."""
+    ra = torch.from_numpy(rankdata(a.numpy(), axis=1))
+    rb = torch.from_numpy(rankdata(b.numpy(), axis=1))
+    ra = ra - ra.mean(1, keepdim=True)
+    rb = rb - rb.mean(1, keepdim=True)
+    return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1))
+
+
+def format_diagnostics(record: Mapping[str, Any]) -> str:
+    """One console line of the diagnostics in ``record`` ("" when it has none)."""
+    if "element_cosine" not in record:
+        return ""
+    parts = []
+    if not math.isnan(record.get("inter_entropy", float("nan"))):
+        parts.append(
+            f"attention entropy intra {record['intra_entropy']:.2f} (p5 "
+            f"{record['intra_entropy_p5']:.2f}), inter {record['inter_entropy']:.2f} (p5 "
+            f"{record['inter_entropy_p5']:.2f}) of {record['uniform_entropy']:.2f} for uniform"
+        )
+    parts.append(f"element cosine {record['element_cosine']:.2f}")
+    parts.append(f"rank corr. with mean pooling {record['rank_corr_meanvec']:.2f}")
+    return "diagnostics: " + "; ".join(parts)
