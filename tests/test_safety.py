@@ -559,7 +559,7 @@ def test_case2_train_refuses_a_folder_with_a_run_and_overwrite_deletes_only_run_
     tmp_path: Path, train_argv: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    assert main(train_argv(run)) == 0
+    assert main(train_argv(run, "data.val_identities=1")) == 0  # validation: best.pt exists
     (run / "notes.txt").write_text("mine")
     assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--no-progress"]) == 0
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
@@ -602,8 +602,9 @@ def test_case5_resume_from_best_is_refused_then_allowed_with_overwrite(
     tmp_path: Path, train_argv: Callable[..., list[str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    # Evaluated after epoch 1 only: best.pt is epoch 1, last.pt epoch 2.
+    # best.pt is epoch 1 (as if validation peaked there), last.pt epoch 2.
     assert main(train_argv(run, "eval.every=0", "schedule.epochs=1")) == 0
+    shutil.copyfile(run / LAST_CHECKPOINT, run / "best.pt")
     assert main(train_argv(run, "eval.every=0", options=["--resume"])) == 0
     assert load_checkpoint(run / "best.pt")["epoch"] == 1
     last = (run / LAST_CHECKPOINT).read_bytes()
