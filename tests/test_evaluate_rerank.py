@@ -15,6 +15,7 @@ from duatm.cli import main
 from duatm.config import ConfigError, load_config
 from duatm.data.datasets import Market1501
 from duatm.engine.builders import build_test_loader
+from duatm.engine.diagnostics import DIAGNOSTIC_NAMES
 from duatm.engine.evaluator import (
     Rerank,
     distance_matrix,
@@ -80,8 +81,10 @@ def test_evaluate_reports_the_plain_row_and_the_reranked_row(split) -> None:
         np.testing.assert_allclose(got.cmc, expected.cmc)
     plain = evaluate_split(*args, max_rank=10, progress=False)
     assert plain.reranked is None and plain.reranked_distances is None
-    metrics, timings = evaluate(*args, max_rank=10, progress=False)  # training's 2-tuple
-    assert metrics.mAP == plain.metrics.mAP and set(timings) == {"extract_s", "match_s", "rank_s"}
+    assert set(plain.diagnostics) == set(DIAGNOSTIC_NAMES)
+    metrics, extra = evaluate(*args, max_rank=10, progress=False)  # training's 2-tuple
+    assert metrics.mAP == plain.metrics.mAP
+    assert set(extra) == {"extract_s", "match_s", "rank_s", *DIAGNOSTIC_NAMES}
 
 
 def test_rank_rows_are_labelled_and_aligned() -> None:

@@ -57,8 +57,9 @@ def matcher_diagnostics(
     matcher on query (Q, S, D) and gallery (G, S, D) sequences and their (Q, G) ``distances``.
 
     The matcher must be in eval mode (BatchNorm with running statistics), as in evaluation.
-    Attention entropies are NaN for ``avgpool``, which has no attention. Without ``distances``
-    the matcher computes those of the sampled queries.
+    Attention entropies are NaN where the mode has no such attention (none for ``avgpool``, no
+    inter for ``intra``, no intra for ``inter``). Without ``distances`` the matcher computes
+    those of the sampled queries.
     """
     generator = torch.Generator().manual_seed(seed)
     items = torch.cat([query, gallery])
@@ -69,13 +70,14 @@ def matcher_diagnostics(
     )
     nan = float("nan")
     intra = inter = torch.full((1,), nan)
-    if matcher.transform is not None:
-        intra = _row_entropy(_attention(matcher, sampled, sampled))
+    if matcher.mode != "avgpool":
         a = query[torch.randint(len(query), (max_pairs,), generator=generator)]
         b = gallery[torch.randint(len(gallery), (max_pairs,), generator=generator)]
-        inter = torch.cat(
-            [_row_entropy(_attention(matcher, a, b)), _row_entropy(_attention(matcher, b, a))]
-        )
+        own, cross = matcher.attention(sampled, sampled), matcher.attention(a, b)
+        if own.intra_a is not None:
+            intra = _row_entropy(own.intra_a)
+        if cross.inter_ab is not None and cross.inter_ba is not None:
+            inter = torch.cat([_row_entropy(cross.inter_ab), _row_entropy(cross.inter_ba)])
     out["intra_entropy"], out["intra_entropy_p5"] = _mean_and_p5(intra)
     out["inter_entropy"], out["inter_entropy_p5"] = _mean_and_p5(inter)
     return {name: float(out[name]) for name in DIAGNOSTIC_NAMES}
@@ -83,15 +85,6 @@ def matcher_diagnostics(
 
 def _sample(n: int, k: int, generator: torch.Generator) -> Tensor:
     return torch.arange(n) if n <= k else torch.randperm(n, generator=generator)[:k]
-
-
-def _attention(matcher: DualAttentionMatcher, xa: Tensor, xb: Tensor) -> Tensor:
-    """(N, Sa, Sb) attention of each element of ``xa`` over ``xb`` (Eq. 2-3, row-stochastic)."""
-    assert matcher.transform is not None
-    dim = xa.shape[-1]
-    filtered = matcher.transform(xa.reshape(-1, dim).float()).view(xa.shape)
-    filtered = filtered * matcher.attention_scale
-    return torch.softmax(filtered @ xb.float().transpose(1, 2), dim=-1)
 
 
 def _row_entropy(attention: Tensor) -> Tensor:
@@ -144,7 +137,7 @@ def format_diagnostics(record: Mapping[str, Any]) -> str:
     if "element_cosine" not in record:
         return ""
     parts = []
-    if not math.isnan(record.get("inter_entropy", float("nan"))):
+    if not all(math.isnan(record[name]) for name in ("intra_entropy", "inter_entropy")):
         parts.append(
             f"attention entropy intra {record['intra_entropy']:.2f} (p5 "
             f"{record['intra_entropy_p5']:.2f}), inter {record['inter_entropy']:.2f} (p5 "
