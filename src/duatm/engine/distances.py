@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from duatm.data.records import ImageRecord
+from duatm.data.records import ImageRecord, TrackletRecord
 from duatm.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 DISTANCES_KIND = "duatm-distances"
@@ -27,8 +27,8 @@ class SavedDistances(NamedTuple):
     """What :func:`load_distances` returns."""
 
     distances: Tensor  # (Q, G) float32
-    query: list[ImageRecord]
-    gallery: list[ImageRecord]
+    query: list[ImageRecord] | list[TrackletRecord]
+    gallery: list[ImageRecord] | list[TrackletRecord]
     fingerprint: str  # TrainedModel.fingerprint of the model that computed them
     checkpoint: str
     reranked: Tensor | None  # (Q, G) after k-reciprocal re-ranking, when the evaluation did it
@@ -39,8 +39,8 @@ class SavedDistances(NamedTuple):
 def save_distances(
     path: str | Path,
     distances: Tensor,
-    query: Sequence[ImageRecord],
-    gallery: Sequence[ImageRecord],
+    query: Sequence[ImageRecord] | Sequence[TrackletRecord],
+    gallery: Sequence[ImageRecord] | Sequence[TrackletRecord],
     *,
     fingerprint: str,
     checkpoint: str,
@@ -96,18 +96,28 @@ def load_distances(path: str | Path) -> SavedDistances:
     )
 
 
-def _records_state(records: Sequence[ImageRecord]) -> dict[str, Any]:
-    return {
-        "paths": [str(r.path) for r in records],
+def _records_state(records: Sequence[ImageRecord] | Sequence[TrackletRecord]) -> dict[str, Any]:
+    """Images keep their path under ``paths``; tracklets their frame paths under ``tracklets``
+    (a separate key, so that an image reader never mistakes a tracklet for one image)."""
+    state: dict[str, Any] = {
         "pids": torch.tensor([r.pid for r in records], dtype=torch.int64),
         "camids": torch.tensor([r.camid for r in records], dtype=torch.int64),
     }
+    if records and isinstance(records[0], TrackletRecord):
+        state["tracklets"] = [[str(p) for p in r.paths] for r in records]  # type: ignore[union-attr]
+    else:
+        state["paths"] = [str(r.path) for r in records]  # type: ignore[union-attr]
+    return state
 
 
-def _records(state: dict[str, Any]) -> list[ImageRecord]:
+def _records(state: dict[str, Any]) -> list[ImageRecord] | list[TrackletRecord]:
+    labels = zip(state["pids"].tolist(), state["camids"].tolist(), strict=True)
+    if "tracklets" in state:
+        return [
+            TrackletRecord(tuple(paths), int(pid), int(camid))
+            for paths, (pid, camid) in zip(state["tracklets"], labels, strict=True)
+        ]
     return [
         ImageRecord(path, int(pid), int(camid))
-        for path, pid, camid in zip(
-            state["paths"], state["pids"].tolist(), state["camids"].tolist(), strict=True
-        )
+        for path, (pid, camid) in zip(state["paths"], labels, strict=True)
     ]
