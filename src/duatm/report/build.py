@@ -17,15 +17,21 @@ from torch import Tensor
 from torchvision.transforms.v2.functional import to_pil_image
 
 from duatm.api import TrainedModel
-from duatm.data.records import ImageRecord
+from duatm.config import ConfigError
+from duatm.data.clips import evaluation_clip_sampler
+from duatm.data.records import ImageRecord, TrackletRecord
 from duatm.data.transforms import normalise, read_image
-from duatm.engine.evaluator import find_own_images
+from duatm.data.video_dataset import VideoDataset
+from duatm.engine.evaluator import extract_batch, find_own_images
 from duatm.metrics import per_query_ranks, rank_metrics
 from duatm.report.figures import attention_data_uri, image_data_uri
 from duatm.report.page import (
     AttentionDirection,
     AttentionView,
     Cell,
+    Frame,
+    FrameAttentionDirection,
+    FrameAttentionView,
     Item,
     MetricsRow,
     PairAttentionSection,
@@ -37,6 +43,8 @@ from duatm.report.page import (
 #: Fractions of the feature-map height where the default positions sit (centre column):
 #: roughly head, torso and legs of a standing person.
 DEFAULT_HEIGHTS = (1 / 6, 1 / 2, 5 / 6)
+#: Frames of a tracklet shown in a ranked list: evenly spread from its first to its last.
+STRIP_FRAMES = 4
 
 
 def worst_queries(
@@ -53,6 +61,25 @@ def default_positions(rows: int, cols: int) -> list[int]:
     """Sequence positions of the centre column at DEFAULT_HEIGHTS (row-major, docs/design.md#sequences)."""
     picked = sorted({min(rows - 1, int(rows * f)) for f in DEFAULT_HEIGHTS})
     return [r * cols + cols // 2 for r in picked]
+
+
+def default_steps(length: int) -> list[int]:
+    """Time steps of a clip looked from by default: the first, the middle and the last."""
+    return sorted({0, length // 2, length - 1})
+
+
+def strip_frames(num_frames: int, count: int = STRIP_FRAMES) -> list[int]:
+    """Indices of ``count`` frames spread evenly over a tracklet, first and last included."""
+    if num_frames <= count:
+        return list(range(num_frames))
+    return [round(k * (num_frames - 1) / (count - 1)) for k in range(count)]
+
+
+def record_name(record: ImageRecord | TrackletRecord) -> str:
+    """The name a report prints and ``--queries`` accepts: an image's file name, or the file
+    name of a tracklet's first frame."""
+    path = record.path if isinstance(record, ImageRecord) else record.paths[0]
+    return path.rsplit("/", 1)[-1]
 
 
 def feature_grid(model: TrainedModel) -> tuple[int, int]:
@@ -88,8 +115,8 @@ def ranked_gallery(
 
 def build_report(
     model: TrainedModel,
-    query: Sequence[ImageRecord],
-    gallery: Sequence[ImageRecord],
+    query: Sequence[ImageRecord] | Sequence[TrackletRecord],
+    gallery: Sequence[ImageRecord] | Sequence[TrackletRecord],
     distances: Tensor | np.ndarray,
     *,
     title: str = "DuATM report",
@@ -114,6 +141,11 @@ def build_report(
     ``positions`` (sequence indices, default: :func:`default_positions`). Query images found
     in the gallery (same file or byte-identical copy) and distractor queries are handled as
     evaluation handles them.
+
+    For a video model the items are :class:`~duatm.data.records.TrackletRecord`: ranked
+    lists show :func:`strip_frames` of each tracklet, and each pair's attention is drawn over
+    the frames of the clips the evaluation matches (``data.test_clip_mode``), at
+    ``positions`` that are time steps (default: :func:`default_steps`).
     """
     dist = np.asarray(distances.cpu() if isinstance(distances, Tensor) else distances)
     q_pids = np.array([r.pid for r in query])
@@ -178,13 +210,21 @@ def build_report(
         pairs = []
     elif pairs is None:
         pairs = [(r.index, r.ranked[0].index) for r in rankings[:attention_pairs] if r.ranked]
-    grid = feature_grid(model)
-    sections = [
-        _pair_attention(
-            model, images, query[qi], gallery[gi], qi, gi, float(dist[qi, gi]), grid, positions
-        )
-        for qi, gi in pairs
-    ]
+    if model.config.model.kind == "video":
+        sections = [
+            _clip_pair_attention(
+                model, images, query[qi], gallery[gi], qi, gi, float(dist[qi, gi]), positions
+            )
+            for qi, gi in pairs
+        ]
+    else:
+        grid = feature_grid(model)
+        sections = [
+            _pair_attention(
+                model, images, query[qi], gallery[gi], qi, gi, float(dist[qi, gi]), grid, positions
+            )
+            for qi, gi in pairs
+        ]
     return ReportContent(
         title=title,
         facts=list(facts),
@@ -202,7 +242,7 @@ def _metrics_row(label, matrix, labels, max_rank, options) -> MetricsRow:
 
 
 class _ImageCache:
-    """Each image decoded and resized to the model's input once, as a data URI."""
+    """Each image (or frame) decoded and resized to the model's input once, as a data URI."""
 
     def __init__(self, model: TrainedModel) -> None:
         self.model = model
@@ -211,11 +251,25 @@ class _ImageCache:
     def pixels(self, path: str) -> Image.Image:
         return to_pil_image(self.model.transform.prepare(read_image(path)))
 
-    def item(self, record: ImageRecord) -> Item:
-        if record.path not in self.uris:
-            self.uris[record.path] = image_data_uri(self.pixels(record.path))
-        name = record.path.rsplit("/", 1)[-1]
-        return Item(self.uris[record.path], name, record.pid, record.camid)
+    def uri(self, path: str) -> str:
+        if path not in self.uris:
+            self.uris[path] = image_data_uri(self.pixels(path))
+        return self.uris[path]
+
+    def item(self, record: ImageRecord | TrackletRecord) -> Item:
+        if isinstance(record, TrackletRecord):
+            frames = tuple(
+                Frame(self.uri(record.paths[i]), i) for i in strip_frames(len(record.paths))
+            )
+            return Item(
+                frames[0].image,
+                record_name(record),
+                record.pid,
+                record.camid,
+                frames=frames,
+                num_frames=len(record.paths),
+            )
+        return Item(self.uri(record.path), record_name(record), record.pid, record.camid)
 
 
 def _pair_attention(
@@ -271,5 +325,85 @@ def _pair_attention(
         directions=[
             AttentionDirection(q_item, g_item, q_label, g_label, views(att.intra_a, att.inter_ab)),
             AttentionDirection(g_item, q_item, g_label, q_label, views(att.intra_b, att.inter_ba)),
+        ],
+    )
+
+
+def _clip_pair_attention(
+    model: TrainedModel,
+    images: _ImageCache,
+    query: TrackletRecord,
+    gallery: TrackletRecord,
+    qi: int,
+    gi: int,
+    distance: float,
+    positions: Sequence[int] | None,
+) -> PairAttentionSection:
+    """Both directions' attention of a tracklet pair over the frames of its evaluation clips.
+
+    Each clip is extracted alone (a batch of one, no padding), so clips of different lengths
+    (``data.test_clip_mode`` "all") need nothing special: the attention of one pair is
+    computed on the two sequences at their own lengths."""
+    d = model.config.data
+    sampler = evaluation_clip_sampler(d.test_clip_mode, d.test_clip_len, d.test_clip_start)
+    labels = (f"query {qi}", f"gallery {gi}")
+    clips, sequences = [], []
+    for record in (query, gallery):
+        item = VideoDataset([record], model.transform, sampler)[0]
+        chosen = sampler(len(record.paths))
+        clips.append([Frame(images.uri(record.paths[i]), i) for i in chosen])
+        sequences.append(
+            extract_batch(
+                model.module,
+                item["clip"][None],
+                model.device,
+                flip=model.config.eval.flip,
+                amp=model.amp,
+            )
+        )
+    for label, clip in zip(labels, clips, strict=True):
+        for p in positions or []:
+            if not 0 <= p < len(clip):
+                raise ConfigError(
+                    f"positions: time step {p} is outside 0..{len(clip) - 1} ({label}'s clip "
+                    f"has {len(clip)} frames)"
+                )
+    with torch.inference_mode():
+        att = model.module.matcher.attention(sequences[0], sequences[1])
+
+    def direction(
+        source: int, intra: Tensor | None, inter: Tensor | None
+    ) -> FrameAttentionDirection:
+        target = 1 - source
+        intra_rows = None if intra is None else intra[0].cpu().numpy()
+        inter_rows = None if inter is None else inter[0].cpu().numpy()
+        picked = default_steps(len(clips[source])) if positions is None else list(positions)
+        return FrameAttentionDirection(
+            source=images.item((query, gallery)[source]),
+            target=images.item((query, gallery)[target]),
+            source_label=labels[source],
+            target_label=labels[target],
+            source_frames=clips[source],
+            target_frames=clips[target],
+            intra_matrix=None if intra_rows is None else attention_data_uri(intra_rows),
+            inter_matrix=None if inter_rows is None else attention_data_uri(inter_rows),
+            views=[
+                FrameAttentionView(
+                    position=p,
+                    intra=None if intra_rows is None else [float(w) for w in intra_rows[p]],
+                    inter=None if inter_rows is None else [float(w) for w in inter_rows[p]],
+                )
+                for p in picked
+            ],
+        )
+
+    names = (record_name(query), record_name(gallery))
+    return PairAttentionSection(
+        title=f"query {qi} ({names[0]}) and gallery {gi} ({names[1]})",
+        distance=distance,
+        match=query.pid == gallery.pid,
+        directions=[
+            direction(0, att.intra_a, att.inter_ab),
+            direction(1, att.intra_b, att.inter_ba),
         ],
     )

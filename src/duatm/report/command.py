@@ -12,13 +12,13 @@ from pathlib import Path
 from duatm.api import load
 from duatm.atomic import atomic_write_text
 from duatm.config import ConfigError
-from duatm.data.records import ImageRecord
+from duatm.data.records import ImageRecord, TrackletRecord
 from duatm.engine.builders import build_test_loader, load_dataset
 from duatm.engine.checkpoint import CheckpointError
 from duatm.engine.commands import add_overrides_argument, run_guarded
 from duatm.engine.distances import load_distances
 from duatm.engine.evaluator import Rerank, evaluate_split
-from duatm.report.build import build_report, feature_grid
+from duatm.report.build import build_report, feature_grid, record_name
 from duatm.report.page import render_report
 
 
@@ -134,14 +134,28 @@ def _report(args: argparse.Namespace) -> int:
             (_index(q, query, "--pair QUERY"), _index(g, gallery, "--pair GALLERY"))
             for q, g in args.pair
         ]
-    rows, cols = feature_grid(model)
-    for p in args.positions or []:
-        if not 0 <= p < rows * cols:
-            raise ConfigError(
-                f"--positions: {p} is outside 0..{rows * cols - 1} (the feature map is "
-                f"{rows} x {cols}, read row by row)"
-            )
     m = cfg.model
+    if m.kind == "video":
+        # Sequence positions are time steps; all-mode clips differ in length, and build_report
+        # checks each pair's own clips.
+        if cfg.data.test_clip_mode == "clip":
+            _check_positions(args.positions, cfg.data.test_clip_len, "time steps of a clip")
+        model_fact = f"{m.backbone} + {m.rnn.upper()}, video, mode {m.mode}, D = {m.dim}"
+        clips = (
+            "every frame of each tracklet"
+            if cfg.data.test_clip_mode == "all"
+            else f"clips of {cfg.data.test_clip_len} frames"
+        )
+        input_fact = f"frames {cfg.data.height} x {cfg.data.width}, {clips}"
+        items = "tracklets"
+    else:
+        rows, cols = feature_grid(model)
+        _check_positions(
+            args.positions, rows * cols, f"the feature map is {rows} x {cols}, read row by row"
+        )
+        model_fact = f"{m.backbone}, mode {m.mode}, D = {m.dim}"
+        input_fact = f"input {cfg.data.height} x {cfg.data.width}"
+        items = "items"
     content = build_report(
         model,
         query,
@@ -150,11 +164,8 @@ def _report(args: argparse.Namespace) -> int:
         title=f"DuATM report: {checkpoint}",
         facts=[
             ("checkpoint", f"{checkpoint} (epoch {model.epoch})"),
-            (
-                "model",
-                f"{m.backbone}, mode {m.mode}, D = {m.dim}, input {cfg.data.height} x {cfg.data.width}",
-            ),
-            ("data", f"{cfg.data.dataset}: {len(query)} queries, {len(gallery)} gallery items"),
+            ("model", f"{model_fact}, {input_fact}"),
+            ("data", f"{cfg.data.dataset}: {len(query)} queries, {len(gallery)} gallery {items}"),
             ("distances", source),
         ],
         reranked=reranked,
@@ -176,14 +187,27 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _index(value: str, records: list[ImageRecord], option: str) -> int:
-    """An index into ``records`` from an integer or an image file name."""
+def _check_positions(positions: list[int] | None, size: int, what: str) -> None:
+    for p in positions or []:
+        if not 0 <= p < size:
+            raise ConfigError(f"--positions: {p} is outside 0..{size - 1} ({what})")
+
+
+def _index(value: str, records: list[ImageRecord] | list[TrackletRecord], option: str) -> int:
+    """An index into ``records`` from an integer, an image file name, or the file name of a
+    tracklet's first frame."""
     if value.lstrip("-").isdigit():
         index = int(value)
         if not 0 <= index < len(records):
             raise ConfigError(f"{option}: index {index} is outside 0..{len(records) - 1}")
         return index
-    matches = [i for i, r in enumerate(records) if Path(r.path).name == value or r.path == value]
+    matches = [
+        i
+        for i, r in enumerate(records)
+        if value in (record_name(r), r.path if isinstance(r, ImageRecord) else r.paths[0])
+    ]
     if not matches:
+        if records and isinstance(records[0], TrackletRecord):
+            raise ConfigError(f"{option}: no tracklet whose first frame is {value!r} in this set")
         raise ConfigError(f"{option}: no image named {value!r} in this set")
     return matches[0]

@@ -8,6 +8,9 @@ The page carries hooks for checks in a browser: every image is an ``<img>`` with
 attention maps are ``img.attention-overlay`` (``data-kind`` "intra" or "inter") stacked over
 their image, the looking position is a ``div.position-marker``; when the page has loaded, a
 small script writes ``data-images``, ``data-images-loaded`` and ``data-overlays`` on ``<body>``.
+Video pages show tracklets as ``figure.tracklet`` strips of ``img.frame``; their attention is
+``img.attention-matrix`` heat maps (``data-kind``) and, per looking time step, a
+``div.frame-weight`` under every frame with its weight in ``data-weight``.
 """
 
 from __future__ import annotations
@@ -32,13 +35,25 @@ class MetricsRow:
 
 
 @dataclass(frozen=True)
+class Frame:
+    """One frame of a tracklet as shown: its data URI and its index in the tracklet (from 0)."""
+
+    image: str
+    index: int
+
+
+@dataclass(frozen=True)
 class Item:
-    """One image as shown: its data URI and what to print under it."""
+    """One image (or tracklet) as shown: its data URI and what to print under it. A tracklet
+    also has ``frames``, the few frames of its strip (``image`` is the first of them), and
+    ``num_frames``, its length."""
 
     image: str
     name: str
     pid: int
     camid: int
+    frames: tuple[Frame, ...] = ()
+    num_frames: int | None = None
 
 
 @dataclass(frozen=True)
@@ -99,13 +114,42 @@ class AttentionDirection:
 
 
 @dataclass(frozen=True)
+class FrameAttentionView:
+    """Where one time step (frame) of the source clip looks: its refinement weights over the
+    source clip's time steps (intra) and its alignment weights over the target clip's (inter);
+    each a softmax row that sums to 1, ``None`` when the matcher's mode does not compute it."""
+
+    position: int  # time step of the source clip
+    intra: list[float] | None
+    inter: list[float] | None
+
+
+@dataclass(frozen=True)
+class FrameAttentionDirection:
+    """One matching direction of a tracklet pair: time steps of the source clip looking at the
+    target clip. ``*_frames`` are the clips as the model matched them (one frame per time step;
+    a short tracklet's clip repeats frames); the matrices are heat maps of all rows (data URIs,
+    rows: source time steps)."""
+
+    source: Item
+    target: Item
+    source_label: str
+    target_label: str
+    source_frames: list[Frame]
+    target_frames: list[Frame]
+    intra_matrix: str | None
+    inter_matrix: str | None
+    views: list[FrameAttentionView]
+
+
+@dataclass(frozen=True)
 class PairAttentionSection:
     """A query-gallery pair, its distance and both directions' attention."""
 
     title: str
     distance: float
     match: bool
-    directions: list[AttentionDirection]
+    directions: list[AttentionDirection] | list[FrameAttentionDirection]
 
 
 @dataclass(frozen=True)
@@ -124,11 +168,12 @@ class ReportContent:
 def render_report(content: ReportContent) -> str:
     """The whole self-contained HTML page."""
     e = html.escape
+    video = _has_video(content)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{e(content.title)}</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{_CSS}{_VIDEO_CSS if video else ''}</style></head><body>",
         f"<h1>{e(content.title)}</h1>",
         '<dl class="facts">',
         *(f"<dt>{e(name)}</dt><dd>{e(value)}</dd>" for name, value in content.facts),
@@ -145,18 +190,39 @@ def render_report(content: ReportContent) -> str:
         *(_query_row(q) for q in content.queries),
         "</section>",
         '<section id="attention"><h2>Where DuATM looks</h2>',
-        '<p class="note">For a position of one image (white box), where its refinement looks '
-        "within its own image (intra-sequence attention) and where its alignment looks in the "
-        "other image (inter-sequence attention); deeper red is more weight, each map scaled to "
-        "its own largest weight (the peak is printed; weights spread evenly over S positions "
-        "would each be 1/S). Feature-map cells are drawn over the image region they were "
-        "computed from. Paper Fig. 8.</p>",
+        _VIDEO_ATTENTION_NOTE if video else _IMAGE_ATTENTION_NOTE,
         *(_pair_section(p) for p in content.pairs),
         "</section>",
         f"<script>{_LOAD_SCRIPT}</script>",
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def _has_video(content: ReportContent) -> bool:
+    return any(q.item.frames for q in content.queries) or any(
+        isinstance(d, FrameAttentionDirection) for p in content.pairs for d in p.directions
+    )
+
+
+_IMAGE_ATTENTION_NOTE = (
+    '<p class="note">For a position of one image (white box), where its refinement looks '
+    "within its own image (intra-sequence attention) and where its alignment looks in the "
+    "other image (inter-sequence attention); deeper red is more weight, each map scaled to "
+    "its own largest weight (the peak is printed; weights spread evenly over S positions "
+    "would each be 1/S). Feature-map cells are drawn over the image region they were "
+    "computed from. Paper Fig. 8.</p>"
+)
+_VIDEO_ATTENTION_NOTE = (
+    '<p class="note">Video sequences are time steps: one element per frame of the clip the '
+    "model matched (a tracklet shorter than the clip is read in a loop, so frames repeat). For "
+    "a time step of one clip (boxed frame), the bar under each frame of its own clip is the "
+    "weight its refinement gives that frame (intra-sequence attention) and the bar under each "
+    "frame of the other clip the weight its alignment gives it (inter-sequence attention); "
+    "each row of weights sums to 1 and the bars are scaled to the row's largest weight. The "
+    "heat maps show every row at once: row i is time step i of the looking clip, column j "
+    "time step j of the clip looked at, deeper red is more weight. Paper Fig. 8.</p>"
+)
 
 
 def _metrics_table(rows: list[MetricsRow]) -> str:
@@ -186,6 +252,21 @@ def _figure(item: Item, caption: str, classes: str = "", extra: str = "") -> str
     )
 
 
+def _item_figure(item: Item, caption: str, classes: str) -> str:
+    """An image as :func:`_figure` draws it, or a tracklet as a strip of its frames."""
+    if not item.frames:
+        return _figure(item, caption, classes)
+    frames = "".join(
+        f'<img class="frame" src="{f.image}" alt="frame {f.index}" title="frame {f.index}">'
+        for f in item.frames
+    )
+    return (
+        f'<figure class="{classes} tracklet" data-frames="{len(item.frames)}">'
+        f'<div class="stack strip">{frames}</div>'
+        f"<figcaption>{caption}<br>{item.num_frames} frames</figcaption></figure>"
+    )
+
+
 def _query_row(query: QueryRanking) -> str:
     e = html.escape
     stats = (
@@ -193,14 +274,14 @@ def _query_row(query: QueryRanking) -> str:
         if query.ap is None
         else f"AP {100 * query.ap:.1f}, first true match at rank {query.first_rank}"
     )
-    head = _figure(
+    head = _item_figure(
         query.item,
         f"<b>query {query.index}</b><br>{e(query.item.name)}<br>id {query.item.pid}, "
         f"cam {query.item.camid}<br>{e(stats)}",
         "query",
     )
     ranked = "".join(
-        _figure(
+        _item_figure(
             r.item,
             f"<b>{r.rank}</b> · {r.distance:.4f}<br>id {r.item.pid}, cam {r.item.camid}",
             "ranked " + ("true" if r.match else "false"),
@@ -230,6 +311,9 @@ def _pair_section(pair: PairAttentionSection) -> str:
         f'<p class="note">DuATM distance {pair.distance:.4f} ({verdict}).</p>'
     ]
     for direction in pair.directions:
+        if isinstance(direction, FrameAttentionDirection):
+            rows.append(_frame_direction(direction))
+            continue
         src, tgt = e(direction.source_label), e(direction.target_label)
         rows.append(f'<h4>{src} looking at {tgt}</h4><div class="direction">')
         for view in direction.views:
@@ -261,6 +345,87 @@ def _pair_section(pair: PairAttentionSection) -> str:
         rows.append("</div>")
     rows.append("</div>")
     return "".join(rows)
+
+
+def _frame_direction(direction: FrameAttentionDirection) -> str:
+    """One direction of a tracklet pair: the heat maps of all time steps, then for each chosen
+    time step both clips' frames with that step's weight under each frame."""
+    e = html.escape
+    src, tgt = e(direction.source_label), e(direction.target_label)
+    steps_a, steps_b = len(direction.source_frames), len(direction.target_frames)
+    matrices = [
+        _matrix(kind, uri, caption, rows, cols)
+        for kind, uri, caption, rows, cols in (
+            (
+                "intra",
+                direction.intra_matrix,
+                f"refinement (intra): {src} x {src}",
+                steps_a,
+                steps_a,
+            ),
+            (
+                "inter",
+                direction.inter_matrix,
+                f"alignment (inter): {src} x {tgt}",
+                steps_a,
+                steps_b,
+            ),
+        )
+        if uri is not None
+    ]
+    parts = [
+        f'<h4>{src} looking at {tgt}</h4><div class="frame-direction">',
+        f'<div class="matrices">{"".join(matrices)}</div>',
+    ]
+    for view in direction.views:
+        parts.append(
+            f'<div class="frame-attention" data-position="{view.position}">'
+            f'<p class="note">time step {view.position} of {src} '
+            f"(frame {direction.source_frames[view.position].index})</p>"
+        )
+        for kind, label, frames, weights in (
+            ("intra", f"refinement (intra) within {src}", direction.source_frames, view.intra),
+            ("inter", f"alignment (inter) in {tgt}", direction.target_frames, view.inter),
+        ):
+            if weights is None:
+                parts.append(f'<p class="note">no {e(kind)} attention in this matcher mode</p>')
+                continue
+            looking = view.position if kind == "intra" else None
+            parts.append(_weighted_strip(kind, label, frames, weights, looking))
+        parts.append("</div>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _matrix(kind: str, uri: str, caption: str, rows: int, cols: int) -> str:
+    scale = max(4, min(16, 320 // max(rows, cols)))  # pixels per cell, for a readable map
+    return (
+        f'<figure class="matrix"><img class="attention-matrix" data-kind="{kind}" src="{uri}" '
+        f'alt="{kind} attention" style="width:{cols * scale}px;height:{rows * scale}px">'
+        f"<figcaption>{caption}<br>rows {rows}, columns {cols} time steps</figcaption></figure>"
+    )
+
+
+def _weighted_strip(
+    kind: str, label: str, frames: list[Frame], weights: list[float], looking: int | None
+) -> str:
+    """A clip's frames, each with a bar (scaled to the row's peak) and its weight under it."""
+    peak = max(weights)
+    cells = []
+    for step, (frame, w) in enumerate(zip(frames, weights, strict=True)):
+        width = 100 * w / peak if peak > 0 else 0.0
+        cells.append(
+            f'<figure class="frame{" looking" if step == looking else ""}" data-step="{step}">'
+            f'<img class="frame" src="{frame.image}" alt="frame {frame.index}" '
+            f'title="time step {step}, frame {frame.index}">'
+            f'<div class="frame-weight" data-kind="{kind}" data-weight="{w:.6f}">'
+            f'<span style="width:{width:.1f}%"></span></div>'
+            f"<figcaption>{w:.3f}</figcaption></figure>"
+        )
+    return (
+        f'<div class="weighted-strip" data-kind="{kind}"><div class="strip-label">'
+        f'{label}</div><div class="frames">{"".join(cells)}</div></div>'
+    )
 
 
 def _peak(text: str, peak: float | None) -> str:
@@ -297,6 +462,24 @@ image-rendering:pixelated}
 .position-marker{position:absolute;box-sizing:border-box;border:2px solid #fff;
 outline:2px solid #000}
 figcaption{line-height:1.3;margin-top:3px}
+"""
+
+_VIDEO_CSS = """
+figure.tracklet,figure.query.tracklet{width:max-content;max-width:260px}
+.stack.strip{display:flex;flex-wrap:wrap;gap:1px;background:#bbb}
+.stack.strip img,figure.frame img{width:30px;height:auto}
+.frame-direction{display:flex;flex-direction:column;gap:8px}
+.matrices{display:flex;gap:18px;align-items:flex-end}
+figure.matrix{width:auto}
+img.attention-matrix{image-rendering:pixelated;border:1px solid #999;background:#fff}
+.frame-attention{border:1px solid #e4e4e4;padding:6px}
+.weighted-strip{display:flex;gap:8px;align-items:flex-start;margin:4px 0}
+.strip-label{font-size:11px;width:120px;color:#444}
+.frames{display:flex;flex-wrap:wrap;gap:3px}
+figure.frame{width:34px;border:2px solid transparent}
+figure.frame.looking{border-color:#000}
+.frame-weight{height:5px;background:#eee;margin-top:2px}
+.frame-weight span{display:block;height:100%;background:#d0342c}
 """
 
 _LOAD_SCRIPT = """
