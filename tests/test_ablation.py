@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from conftest import TINY_TRAIN
+from duatm.cli import main
+from duatm.config import ConfigError
 from duatm.engine.ablation import (
+    ABLATION_JSON,
     LOSS_ROWS,
     MODE_ROWS,
     RunResult,
@@ -41,6 +48,17 @@ def test_rows_cover_the_paper_tables_once_each() -> None:
     assert triplet.baseline == "avgpool-triplet"
     with pytest.raises(ValueError, match="unknown ablation table"):
         rows_for(["tables"])
+
+
+def test_rows_can_be_narrowed_and_keep_their_baselines() -> None:
+    assert [row.key for row in rows_for(["modes"], ["dual", "avgpool"])] == ["dual", "avgpool"]
+    # A row brings the AvePool row it is compared with.
+    assert [row.key for row in rows_for(["modes", "losses"], ["dual-ce"])] == [
+        "dual-ce",
+        "avgpool-ce",
+    ]
+    with pytest.raises(ConfigError, match=r"--rows: unknown row duel for tables modes; choose"):
+        rows_for(["modes"], ["duel"])
 
 
 def test_paired_bootstrap_matches_a_direct_computation() -> None:
@@ -84,3 +102,19 @@ def test_table_and_verdict_report_means_spread_and_seed_wins() -> None:
     assert line.startswith("DuATM is ahead of AvePool (means over seeds): mAP +25.0 [95% CI ")
     assert line.endswith("ahead in both on 2 of 2 seeds.")
     assert verdict("AvePool", avgpool, "DuATM", dual).startswith("AvePool is NOT ahead of DuATM")
+
+
+def test_ablate_command_trains_the_chosen_rows_and_writes_its_table(
+    tmp_path: Path, tiny_synthped: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "ablate"
+    argv = ["ablate", "--config", "synthped", "--data-root", str(tiny_synthped), "--out", str(out)]
+    argv += ["--rows", "dual", "--tables", "modes", "--seeds", "0", "--no-progress", "--set"]
+    assert main([*argv, *TINY_TRAIN, "schedule.epochs=1"]) == 0
+    saved = json.loads((out / ABLATION_JSON).read_text())
+    assert [row["key"] for row in saved["rows"]] == ["dual", "avgpool"]  # its baseline came along
+    for row in saved["rows"]:
+        (run,) = row["runs"]
+        on_disk = json.loads((out / f"{row['key']}-seed0" / "results.json").read_text())
+        assert (run["R1"], run["mAP"]) == (on_disk["R1"], on_disk["mAP"])
+    assert saved["table"] in capsys.readouterr().out

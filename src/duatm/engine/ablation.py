@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from duatm.atomic import atomic_write_text
-from duatm.config import DuATMConfig, load_config
+from duatm.config import ConfigError, DuATMConfig, load_config
 from duatm.data.datasets import ReIDDataset
 from duatm.engine.checkpoint import latest_checkpoint
 from duatm.engine.commands import Interrupted, add_overrides_argument, run_guarded
@@ -103,9 +103,10 @@ class RunResult:
     seconds: float
 
 
-def rows_for(tables: Sequence[str]) -> list[AblationRow]:
+def rows_for(tables: Sequence[str], only: Sequence[str] = ()) -> list[AblationRow]:
     """The rows of the named tables, each once, in table order (the full-loss dual and AvePool
-    rows of the modes table also serve as the "all three" rows of the losses table)."""
+    rows of the modes table also serve as the "all three" rows of the losses table); with
+    ``only``, just the rows with those keys and the AvePool baselines they are compared with."""
     rows: dict[str, AblationRow] = {}
     for name in tables:
         if name not in TABLES:
@@ -115,7 +116,14 @@ def rows_for(tables: Sequence[str]) -> list[AblationRow]:
             rows.setdefault("avgpool", MODE_ROWS[3])
         for row in TABLES[name]:
             rows.setdefault(row.key, row)
-    return list(rows.values())
+    unknown = sorted(set(only) - rows.keys())
+    if unknown:
+        raise ConfigError(
+            f"--rows: unknown row {', '.join(unknown)} for tables {' '.join(tables)}; "
+            f"choose from {', '.join(rows)}"
+        )
+    keep = {*only, *(rows[key].baseline for key in only)}
+    return [row for row in rows.values() if not only or row.key in keep]
 
 
 def run_ablation(
@@ -341,6 +349,13 @@ def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
         default=["modes", "losses"],
         help="modes: paper Table 2 (matcher modes); losses: paper Table 1 (loss terms)",
     )
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="train only these rows of the tables (e.g. dual avgpool) and their AvePool baselines",
+    )
     add_overrides_argument(parser, help="config overrides applied to every row")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_run_ablate_command)
@@ -349,7 +364,7 @@ def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_ablate_command(args: argparse.Namespace) -> int:
     def body() -> int:
         overrides = [*args.overrides, *([f"data.root={args.data_root}"] if args.data_root else [])]
-        rows = rows_for(args.tables)
+        rows = rows_for(args.tables, args.rows)
         load_config(args.config, overrides)  # check the config before any training starts
         try:
             results = run_ablation(
