@@ -96,6 +96,7 @@ def test_a_logged_training_run_has_epoch_lines_and_no_redraws(
         "eval.every=0",
         "eval.max_rank=5",
         "device=cpu",
+        "data.val_identities=0",
     ]
     args = [
         "train",
