@@ -23,24 +23,23 @@ of which image goes to train / query / gallery, distractors pid 0 and junk pid -
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from duatm.data.synth_tree import check_target, run_sharded, write_tree
+from duatm.data.synth_tree import check_target
 from duatm.data.synthped import (
     DISTRACTOR_STREAM,
-    JPEG_QUALITY,
     JUNK_STREAM,
-    SPLIT_DIRS,
     ImageJob,
+    market_extras,
     plan_market_layout,
+    save_jpeg,
     validate_market_arguments,
+    write_market_tree,
 )
 
 _FORMAT = "patchped"  # the manifest's "format"
@@ -310,9 +309,7 @@ def _occlude(image: np.ndarray, rng: np.random.Generator) -> None:
 
 def _write(scene: _PatchScene, jobs: list[ImageJob], root: Path) -> None:
     for job in jobs:
-        buffer = io.BytesIO()
-        Image.fromarray(_render(scene, job)).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        (root / job.folder / job.name).write_bytes(buffer.getvalue())
+        save_jpeg(Image.fromarray(_render(scene, job)), root / job.folder / job.name)
 
 
 def write_patchped(
@@ -337,6 +334,7 @@ def write_patchped(
     or replaced like SynthPed (:mod:`duatm.data.synth_tree`), with the same split of images
     into train / query / gallery and the same default numbers of distractors and junk."""
     out = Path(out)
+    num_distractors, num_junk = market_extras(num_ids, num_distractors, num_junk)
     arguments = {
         "num_ids": num_ids,
         "num_cameras": num_cameras,
@@ -346,8 +344,8 @@ def write_patchped(
         "images_per_id_per_camera": images_per_id_per_camera,
         "queries_per_camera": queries_per_camera,
         "max_group_size": max_group_size,
-        "num_distractors": num_ids * 3 // 5 if num_distractors is None else num_distractors,
-        "num_junk": num_ids * 3 // 10 if num_junk is None else num_junk,
+        "num_distractors": num_distractors,
+        "num_junk": num_junk,
         "occlusion_prob": occlusion_prob,
     }
     if not 1 <= max_group_size <= len(BADGE_ANCHORS):
@@ -370,17 +368,13 @@ def write_patchped(
         num_cameras,
         images_per_id_per_camera,
         queries_per_camera,
-        arguments["num_distractors"],
-        arguments["num_junk"],
+        num_distractors,
+        num_junk,
     )
-
-    def fill(staging: Path) -> dict[str, Any]:
-        for folder in SPLIT_DIRS:
-            (staging / folder).mkdir()
-        run_sharded(_write, scene, jobs, staging, workers)
-        return {"format": _FORMAT, "version": PATCHPED_VERSION, "arguments": arguments}
-
-    write_tree(out, fill, replace=target == "replace")
+    manifest = {"format": _FORMAT, "version": PATCHPED_VERSION, "arguments": arguments}
+    write_market_tree(
+        out, _write, scene, jobs, manifest, workers=workers, replace=target == "replace"
+    )
     if verbose:
         print(
             f"PatchPed -> {out}: {num_ids} ids, {num_cameras} cameras, {height}x{width}, "

@@ -39,7 +39,7 @@ import io
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -62,7 +62,7 @@ from duatm.data.synth_render import (
     make_identities,
     random_stranger,
 )
-from duatm.data.synth_tree import MANIFEST_NAME, check_target, run_sharded, write_tree
+from duatm.data.synth_tree import MANIFEST_NAME, SceneT, check_target, run_sharded, write_tree
 from duatm.data.synthped_video import write_video_synthped
 from duatm.errors import one_line_message
 
@@ -283,10 +283,7 @@ def write_synthped(
     ``workers`` processes render in parallel; the files do not depend on it.
     """
     out = Path(out)
-    if num_distractors is None:
-        num_distractors = num_ids * 3 // 5
-    if num_junk is None:
-        num_junk = num_ids * 3 // 10
+    num_distractors, num_junk = market_extras(num_ids, num_distractors, num_junk)
     arguments = {
         "num_ids": num_ids,
         "num_cameras": num_cameras,
@@ -325,13 +322,15 @@ def write_synthped(
         num_junk,
     )
 
-    def fill(staging: Path) -> dict:
-        for folder in SPLIT_DIRS:
-            (staging / folder).mkdir()
-        run_sharded(_write_images, scene, jobs, staging, workers)
-        return _manifest(arguments, identities, jobs)
-
-    manifest = write_tree(out, fill, replace=target == "replace")
+    manifest = write_market_tree(
+        out,
+        _write_images,
+        scene,
+        jobs,
+        _manifest(arguments, identities, jobs),
+        workers=workers,
+        replace=target == "replace",
+    )
     if verbose:
         c = manifest["counts"]
         print(
@@ -347,9 +346,49 @@ def write_synthped(
 def _write_images(scene: _Scene, jobs: Sequence[ImageJob], root: Path) -> None:
     """Render and save ``jobs`` under ``root``; runs in the main process or in a worker."""
     for job in jobs:
-        buffer = io.BytesIO()
-        _render(job, scene).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        (root / job.folder / job.name).write_bytes(buffer.getvalue())
+        save_jpeg(_render(job, scene), root / job.folder / job.name)
+
+
+def save_jpeg(image: Image.Image, path: Path) -> None:
+    """Write ``image`` as a JPEG of the synthetic trees' quality, in one write."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    path.write_bytes(buffer.getvalue())
+
+
+def market_extras(
+    num_ids: int, num_distractors: int | None, num_junk: int | None
+) -> tuple[int, int]:
+    """The distractor and junk image counts of a Market-layout tree: 0.6 / 0.3 per identity
+    unless given (Market-1501 has about 1.9 / 2.5; fewer here so they do not swamp a small
+    gallery)."""
+    return (
+        num_ids * 3 // 5 if num_distractors is None else num_distractors,
+        num_ids * 3 // 10 if num_junk is None else num_junk,
+    )
+
+
+def write_market_tree(
+    out: Path,
+    write_jobs: Callable[[SceneT, Sequence[ImageJob], Path], None],
+    scene: SceneT,
+    jobs: Sequence[ImageJob],
+    manifest: dict,
+    *,
+    workers: int,
+    replace: bool,
+) -> dict:
+    """Stage the Market-1501 folders, render ``jobs`` into them (``write_jobs(scene, jobs,
+    root)`` over ``workers`` processes), and put the tree in place as ``out`` with ``manifest``
+    (:func:`duatm.data.synth_tree.write_tree`); returns the manifest."""
+
+    def fill(staging: Path) -> dict:
+        for folder in SPLIT_DIRS:
+            (staging / folder).mkdir()
+        run_sharded(write_jobs, scene, jobs, staging, workers)
+        return manifest
+
+    return write_tree(out, fill, replace=replace)
 
 
 def _manifest(arguments: dict, identities: Sequence[Identity], jobs: Sequence[ImageJob]) -> dict:
