@@ -145,6 +145,16 @@ def _max_norm(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x.to(_accumulation_dtype(x)), dim=-1).amax(-1)
 
 
+def _check_pairs(xa: Tensor, xb: Tensor, dim: int) -> None:
+    """Aligned pairs: two batches of sequences of element size ``dim`` with as many items."""
+    _check_sequences("xa", xa, dim)
+    _check_sequences("xb", xb, dim)
+    if xa.shape[0] != xb.shape[0]:
+        raise ValueError(
+            f"xa and xb must hold the same number of pairs; got {xa.shape[0]} and {xb.shape[0]}"
+        )
+
+
 def _check_sequences(name: str, x: Tensor, dim: int) -> None:
     if x.dim() != 3 or x.shape[-1] != dim:
         raise ValueError(f"{name} must have shape (N, S, {dim}); got {tuple(x.shape)}")
@@ -312,12 +322,7 @@ class DualAttentionMatcher(nn.Module):
     # ----------------------------------------------------------------- aligned pairs
     def forward(self, xa: Tensor, xb: Tensor) -> Tensor:
         """Distances of aligned pairs: ``xa`` (N, Sa, D), ``xb`` (N, Sb, D) -> (N,)."""
-        _check_sequences("xa", xa, self.dim)
-        _check_sequences("xb", xb, self.dim)
-        if xa.shape[0] != xb.shape[0]:
-            raise ValueError(
-                f"xa and xb must hold the same number of pairs; got {xa.shape[0]} and {xb.shape[0]}"
-            )
+        _check_pairs(xa, xb, self.dim)
         if self.mode == "avgpool":
             return torch.linalg.vector_norm(xa.mean(1) - xb.mean(1), dim=-1)
         if self.mode == "intra" and xa.shape[1] != xb.shape[1]:
@@ -339,12 +344,7 @@ class DualAttentionMatcher(nn.Module):
         """The intra- and inter-sequence attention weights of aligned pairs ``xa`` (N, Sa, D),
         ``xb`` (N, Sb, D), as :meth:`forward` computes them (one BatchNorm batch of both
         sides), for looking at where the matcher looks (paper Fig. 8). ``avgpool`` has none."""
-        _check_sequences("xa", xa, self.dim)
-        _check_sequences("xb", xb, self.dim)
-        if xa.shape[0] != xb.shape[0]:
-            raise ValueError(
-                f"xa and xb must hold the same number of pairs; got {xa.shape[0]} and {xb.shape[0]}"
-            )
+        _check_pairs(xa, xb, self.dim)
         if self.mode == "avgpool":
             raise ValueError("mode 'avgpool' compares mean vectors and has no attention weights")
         qa, qb = self._filter(xa, xb)
