@@ -40,6 +40,7 @@ from duatm.engine.evaluator import (
     check_results_path,
     evaluate,
     evaluate_split,
+    evaluation_options,
     write_results,
 )
 from duatm.engine.run_folder import RunFolderError
@@ -257,15 +258,11 @@ def _evaluate_on(
     gallery_loader = build_test_loader(cfg, dataset.gallery)
     loaders = (model.module, query_loader, gallery_loader, model.device)
     common = {
-        "flip": e.flip,
-        "amp": model.amp,
-        "tile_mb": e.tile_mb,
-        "max_rank": e.max_rank,
-        "keep_same_camera": e.keep_same_camera,
+        **evaluation_options(e, amp=model.amp),
         "distractor_pids": dataset.distractor_pids,
         "progress": not args.no_progress,
     }
-    rerank = Rerank(e.rerank_k1, e.rerank_k2, e.rerank_lambda) if e.rerank else None
+    rerank = Rerank.asked_by(e)
     split = None
     if whole_matrix:
         split = evaluate_split(*loaders, rerank=rerank, **common)

@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from duatm.atomic import atomic_write_text
-from duatm.config import ConfigError
+from duatm.config import ConfigError, EvalConfig
 from duatm.data.batches import batch_pixels
 from duatm.data.clips import ClipSampler
 from duatm.engine.blockwise import blockwise_rank_metrics
@@ -53,6 +53,23 @@ class Rerank(NamedTuple):
     k1: int = 20
     k2: int = 6
     lambda_value: float = 0.3
+
+    @classmethod
+    def asked_by(cls, e: EvalConfig) -> Rerank | None:
+        """The re-ranking the ``eval`` config section asks for (``eval.rerank``), or None."""
+        return cls(e.rerank_k1, e.rerank_k2, e.rerank_lambda) if e.rerank else None
+
+
+def evaluation_options(e: EvalConfig, *, amp: bool) -> dict[str, Any]:
+    """The keyword arguments of :func:`evaluate` / :func:`evaluate_split` that the ``eval``
+    config section sets, so every caller evaluates with the same settings."""
+    return {
+        "flip": e.flip,
+        "amp": amp,
+        "tile_mb": e.tile_mb,
+        "max_rank": e.max_rank,
+        "keep_same_camera": e.keep_same_camera,
+    }
 
 
 class SplitEvaluation(NamedTuple):

@@ -58,7 +58,7 @@ from duatm.engine.distributed import (
     mean_over_ranks,
     rank_device,
 )
-from duatm.engine.evaluator import OwnImages, check_protocol, evaluate
+from duatm.engine.evaluator import OwnImages, check_protocol, evaluate, evaluation_options
 from duatm.engine.hooks import (
     CURVES_PNG,
     BackboneFreeze,
@@ -529,11 +529,7 @@ class Trainer:
             split.query,
             split.gallery,
             self.device,
-            flip=e.flip,
-            amp=self.amp,
-            tile_mb=e.tile_mb,
-            max_rank=e.max_rank,
-            keep_same_camera=e.keep_same_camera,
+            **evaluation_options(e, amp=self.amp),
             distractor_pids=split.distractor_pids,
             own_images=split.own_images,
             progress=self.progress and self.is_main,

@@ -17,7 +17,7 @@ from duatm.engine.builders import build_test_loader, load_dataset
 from duatm.engine.checkpoint import CheckpointError
 from duatm.engine.commands import add_overrides_argument, run_guarded
 from duatm.engine.distances import load_distances
-from duatm.engine.evaluator import Rerank, evaluate_split
+from duatm.engine.evaluator import Rerank, evaluate_split, evaluation_options
 from duatm.report.build import build_report, feature_grid, record_name
 from duatm.report.page import render_report
 
@@ -111,14 +111,11 @@ def _report(args: argparse.Namespace) -> int:
             query_loader,
             gallery_loader,
             model.device,
-            flip=e.flip,
-            amp=model.amp,
-            tile_mb=e.tile_mb,
-            max_rank=e.max_rank,
-            keep_same_camera=e.keep_same_camera,
+            **evaluation_options(e, amp=model.amp),
             distractor_pids=dataset.distractor_pids,
-            rerank=Rerank(e.rerank_k1, e.rerank_k2, e.rerank_lambda) if e.rerank else None,
+            rerank=Rerank.asked_by(e),
             progress=not args.no_progress,
+            diagnostics=False,  # the page does not show them
         )
         query = query_loader.dataset.records  # type: ignore[attr-defined]
         gallery = gallery_loader.dataset.records  # type: ignore[attr-defined]
