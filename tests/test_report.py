@@ -242,6 +242,32 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def run_chromium(page: Path, profile: Path, *extra: str) -> str:
+    """Headless Chromium on ``page`` with ``extra`` flags; its standard output."""
+    done = subprocess.run(
+        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *extra, page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout
+
+
+def loaded_counts(dom: str) -> dict[str, str]:
+    """The page's own count attributes on <body> (images, images loaded, overlays), as the
+    browser left them after running the page's script."""
+    body = re.search(r"<body([^>]*)>", dom)
+    assert body is not None
+    return dict(re.findall(r'(data-[a-z-]+)="(\d+)"', body.group(1)))
+
+
+def reddish_pixels(shot: Path) -> int:
+    """How many pixels of a screenshot have the attention colour."""
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    return int(((pixels[..., 0] > 180) & (pixels[..., 1] < 120) & (pixels[..., 2] < 90)).sum())
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     chromium() is None,
@@ -264,35 +290,14 @@ def test_page_renders_in_headless_chromium(evaluated, tmp_path) -> None:
     )
     assert expected_overlays == 12  # one pair, two directions, three positions, two maps
 
-    def run(*extra: str) -> str:
-        done = subprocess.run(
-            [
-                chromium(),
-                *CHROMIUM_FLAGS,
-                f"--user-data-dir={tmp_path / 'profile'}",
-                *extra,
-                page.as_uri(),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        return done.stdout
-
-    dom = run("--dump-dom")
-    body = re.search(r"<body([^>]*)>", dom)
-    assert body is not None
-    attributes = dict(re.findall(r'(data-[a-z-]+)="(\d+)"', body.group(1)))
-    assert attributes == {
+    dom = run_chromium(page, tmp_path / "profile", "--dump-dom")
+    assert loaded_counts(dom) == {
         "data-images": str(expected_images),
         "data-images-loaded": str(expected_images),
         "data-overlays": str(expected_overlays),
     }
     shot = tmp_path / "shot.png"
-    run(f"--screenshot={shot}", "--window-size=1200,2600")
-    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
-    assert pixels.shape == (2600, 1200, 3)
+    run_chromium(page, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,2600")
+    assert np.asarray(Image.open(shot).convert("RGB")).shape == (2600, 1200, 3)
     # The attention colour (red over the image) appears, so the overlays were painted.
-    reddish = (pixels[..., 0] > 180) & (pixels[..., 1] < 120) & (pixels[..., 2] < 90)
-    assert reddish.sum() > 500
+    assert reddish_pixels(shot) > 500

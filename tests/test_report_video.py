@@ -5,13 +5,11 @@ distances, and the page in headless Chromium."""
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from conftest import write_tiny_checkpoint
 from duatm.api import load
@@ -23,7 +21,7 @@ from duatm.engine.builders import build_test_loader
 from duatm.engine.evaluator import evaluate_split
 from duatm.report import build_report, render_report
 from duatm.report.page import FrameAttentionDirection
-from test_report import CHROMIUM_FLAGS, chromium
+from test_report import chromium, loaded_counts, reddish_pixels, run_chromium
 
 CLIP = 4  # evaluation clip length: the 2- and 3-frame tracklets loop
 VIDEO = ("model.kind=video", "data.dataset=mars", f"data.test_clip_len={CLIP}")
@@ -225,22 +223,8 @@ def test_video_page_renders_in_headless_chromium(setup, tmp_path) -> None:
     page.write_text(render_report(content))
     expected_images = page.read_text().count("<img ")
 
-    def run(*extra: str) -> str:
-        done = subprocess.run(
-            [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *extra,
-             page.as_uri()],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )  # fmt: skip
-        return done.stdout
-
-    dom = run("--dump-dom")
-    body = re.search(r"<body([^>]*)>", dom)
-    assert body is not None
-    attributes = dict(re.findall(r'(data-[a-z-]+)="(\d+)"', body.group(1)))
-    assert attributes == {
+    dom = run_chromium(page, tmp_path / "profile", "--dump-dom")
+    assert loaded_counts(dom) == {
         "data-images": str(expected_images),
         "data-images-loaded": str(expected_images),
         "data-overlays": "0",  # video has no overlays on images: weights sit under the frames
@@ -248,8 +232,6 @@ def test_video_page_renders_in_headless_chromium(setup, tmp_path) -> None:
     assert dom.count('class="attention-matrix"') == 4  # one pair, two directions, two maps
     assert dom.count('class="frame-weight"') > 0
     shot = tmp_path / "shot.png"
-    run(f"--screenshot={shot}", "--window-size=1200,2600")
-    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    run_chromium(page, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,2600")
     # The attention colour (heat maps and weight bars) was painted.
-    reddish = (pixels[..., 0] > 180) & (pixels[..., 1] < 120) & (pixels[..., 2] < 90)
-    assert reddish.sum() > 500
+    assert reddish_pixels(shot) > 500
