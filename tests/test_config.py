@@ -201,6 +201,7 @@ def test_top_level_list_is_rejected(tmp_path: Path) -> None:
         (["model.rnn=transformer"], "model.rnn"),
         (["model.rnn_hidden=0"], "model.rnn_hidden"),
         (["model.frame_chunk=0"], "model.frame_chunk"),
+        (["model.attention_init=eye"], "model.attention_init"),
         (
             [
                 "data.dataset=mars",

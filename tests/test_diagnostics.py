@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
+from duatm.config import load_config
 from duatm.data.records import ImageRecord
 from duatm.data.validation import carve_validation, validation_identity_count
+from duatm.engine.builders import build_model
 from duatm.engine.diagnostics import DIAGNOSTIC_NAMES, format_diagnostics, matcher_diagnostics
 from duatm.models.heads import CE_HEADS, build_classifier
 from duatm.models.matching import DualAttentionMatcher
@@ -81,6 +83,24 @@ def test_attention_scale_multiplies_every_logit() -> None:
         DualAttentionMatcher(8, attention_scale=0.0)
 
 
+def test_identity_init_starts_attention_as_content_similarity() -> None:
+    # Non-negative unit elements pass ReLU unchanged; a fresh BN in eval mode is the identity
+    # (up to eps), so with W = I each element's strongest logit is its own cosine of 1.
+    torch.manual_seed(0)
+    x = F.normalize(torch.rand(3, 12, 8) ** 4, dim=-1)
+    identity = DualAttentionMatcher(8, "dual", attention_init="identity", attention_scale=20.0)
+    torch.testing.assert_close(identity.transform[0].weight, torch.eye(8))
+    intra = identity.eval().attention(x, x).intra_a
+    assert (intra.argmax(-1) == torch.arange(12)).all()
+    random = DualAttentionMatcher(8, "dual", attention_scale=20.0).eval()
+    assert not (random.attention(x, x).intra_a.argmax(-1) == torch.arange(12)).all()
+    with pytest.raises(ValueError, match="attention_init must be one of"):
+        DualAttentionMatcher(8, attention_init="eye")
+    cfg = load_config("synthped", ["model.attention_init=identity", "model.dim=8"])
+    built = build_model(cfg, num_classes=3, load_pretrained=False).matcher.transform
+    torch.testing.assert_close(built[0].weight, torch.eye(8))
+
+
 def test_cross_entropy_heads() -> None:
     torch.manual_seed(0)
     pooled = torch.randn(6, 8)
@@ -127,6 +147,18 @@ def test_validation_carve_holds_whole_identities_out() -> None:
         carve_validation(train, 4)
     with pytest.raises(ValueError, match="leaves fewer than two"):
         carve_validation(train[:4] + records(3, [1, 2, 2]), 1)
+
+
+def test_validation_carve_holds_out_neighbouring_identities() -> None:
+    # 12 eligible identities in look-alike groups of 3 consecutive numbers: every carve of 6 is
+    # a run of 6 neighbours (wrapping round), so it holds at least one whole group.
+    train = [r for pid in range(12) for r in records(pid, [0, 0, 1])]
+    for seed in range(20):
+        held_out = sorted({r.pid for r in carve_validation(train, 6, seed=seed).query})
+        start = next(p for p in held_out if (p - 1) % 12 not in held_out)
+        assert held_out == sorted((start + i) % 12 for i in range(6))
+        groups = {p // 3 for p in held_out}
+        assert any(all(3 * g + k in held_out for k in range(3)) for g in groups)
 
 
 def test_validation_identity_count_reads_counts_and_fractions() -> None:

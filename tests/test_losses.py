@@ -40,6 +40,17 @@ def test_batch_hard_triplet_by_hand() -> None:
     assert batch_hard_triplet(DIST, PIDS, margin=-1.0).item() == 0.0
 
 
+def test_soft_margin_triplet_by_hand() -> None:
+    # hardest positive - hardest negative per anchor (as above): 0.2, 0.3, 0.1, 0.2
+    expected = sum(math.log1p(math.exp(gap)) for gap in (0.2, 0.3, 0.1, 0.2)) / 4
+    got = batch_hard_triplet(DIST, PIDS, margin=5.0, soft=True)
+    assert got.item() == pytest.approx(expected)  # the margin plays no part
+    loss = DuATMLoss(lambda1=0.0, lambda2=0.0, soft_margin=True)
+    sequences = F.normalize(torch.randn(4, 3, 5), dim=-1)
+    out = loss(DIST, sequences, PIDS, nn.Linear(5, 2))
+    assert out.triplet.item() == pytest.approx(expected)
+
+
 def test_batch_hard_mining_skips_anchors_without_a_positive() -> None:
     mined = mine_batch_hard(DIST[:3, :3], torch.tensor([0, 0, 1]))
     assert mined.anchors.tolist() == [0, 1]

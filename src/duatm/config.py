@@ -32,7 +32,7 @@ from duatm.models.backbones import BACKBONE_NAMES
 from duatm.models.duatm import MODEL_KINDS
 from duatm.models.extractor import RNN_KINDS
 from duatm.models.heads import CE_HEADS
-from duatm.models.matching import MATCHER_MODES
+from duatm.models.matching import ATTENTION_INITS, MATCHER_MODES
 
 # The configs shipped with the package (`configs/` in a clone links here); `load_config("synthped")`.
 SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -58,6 +58,7 @@ class ModelConfig:
     dim: int = 256  # D: length of each sequence element after the FC layer (paper: 256)
     mode: str = "dual"  # matcher variant, one of MATCHER_MODES (paper Table 2)
     attention_scale: float = 1.0  # factor on every attention logit (1 = the paper's Eq. 2)
+    attention_init: str = "random"  # filter layer W of Eq. 1 at the start: "random" or "identity"
     drop_last_pool: bool = (
         False  # keep a larger last feature map (longer sequences) for small images
     )
@@ -106,6 +107,7 @@ class LossConfig:
     """``loss``: the weights of l = l0 + lambda1 l1 + lambda2 l2 (docs/design.md#losses)."""
 
     margin: float = 0.2  # gamma: batch-hard triplet margin on the matching distance
+    soft_margin: bool = False  # softplus(d_ap - d_an) in place of the margin (margin unused)
     lambda1: float = 0.1  # weight of the de-correlation loss l1
     lambda2: float = 0.5  # weight of the random-pooling cross-entropy l2
     drop_prob: float = 0.2  # p: probability of zeroing each random pooling weight in l2
@@ -270,6 +272,12 @@ def validate_config(cfg: DuATMConfig) -> None:
     )
     _check("model.frame_chunk", m.frame_chunk, m.frame_chunk >= 1, "a positive integer")
     _check("model.attention_scale", m.attention_scale, m.attention_scale > 0, "a number > 0")
+    _check(
+        "model.attention_init",
+        m.attention_init,
+        m.attention_init in ATTENTION_INITS,
+        _one_of(ATTENTION_INITS),
+    )
     _check("data.dataset", d.dataset, d.dataset in DATASETS, _one_of(DATASETS))
     _check("data.root", d.root, bool(d.root), "a folder path")
     _check("data.height", d.height, d.height >= 1, "a positive integer")

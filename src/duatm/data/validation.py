@@ -46,6 +46,14 @@ def carve_validation(
 ) -> ValidationSplit[RecordT]:
     """Hold ``num_ids`` training identities out as a validation query / gallery split.
 
+    The held-out identities are a run of ``num_ids`` neighbouring identity numbers among the
+    eligible ones (from a start drawn with ``seed``, wrapping round), not a random scatter: a
+    data set numbers people as it collects or generates them, so neighbours share conditions,
+    and people who look alike stay together (SynthPed's look-alike groups are consecutive
+    numbers). A scattered carve breaks such groups apart and gives a validation split far
+    easier than the test split, which then cannot tell recipes apart
+    (docs/design.md#model-selection).
+
     Only identities seen by at least two cameras, and by one of them at least twice, can be
     held out: the protocol removes same-camera matches, so every validation query needs a
     gallery image of its identity from another camera. For each held-out identity, the first
@@ -69,8 +77,8 @@ def carve_validation(
             f"holding out {num_ids} of {len(by_pid)} training identities leaves fewer than two "
             "to train on"
         )
-    rng = np.random.default_rng(seed)
-    held_out = {eligible[i] for i in rng.choice(len(eligible), size=num_ids, replace=False)}
+    start = int(np.random.default_rng(seed).integers(len(eligible)))
+    held_out = {eligible[(start + i) % len(eligible)] for i in range(num_ids)}
     query: list[RecordT] = []
     gallery: list[RecordT] = []
     for pid in sorted(held_out):

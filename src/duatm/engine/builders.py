@@ -76,6 +76,7 @@ def build_model(cfg: DuATMConfig, num_classes: int, *, load_pretrained: bool = T
         ce_head=cfg.loss.ce_head,
         ce_scale=cfg.loss.ce_scale,
         attention_scale=m.attention_scale,
+        attention_init=m.attention_init,
     )
     check_input_size(model, cfg)
     return model

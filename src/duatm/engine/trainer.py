@@ -237,7 +237,11 @@ class Trainer:
                 )
             nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.criterion = DuATMLoss(
-            cfg.loss.margin, cfg.loss.lambda1, cfg.loss.lambda2, cfg.loss.drop_prob
+            cfg.loss.margin,
+            cfg.loss.lambda1,
+            cfg.loss.lambda2,
+            cfg.loss.drop_prob,
+            soft_margin=cfg.loss.soft_margin,
         )
         o = cfg.optim
         self.optimizer = torch.optim.SGD(

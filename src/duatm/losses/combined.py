@@ -31,11 +31,14 @@ class DuATMLoss(nn.Module):
         lambda1: float = 0.1,
         lambda2: float = 0.5,
         drop_prob: float = 0.2,
+        *,
+        soft_margin: bool = False,
     ) -> None:
         super().__init__()
         if lambda1 < 0 or lambda2 < 0:
             raise ValueError(f"lambda1 and lambda2 must be >= 0; got {lambda1}, {lambda2}")
         self.margin = margin
+        self.soft_margin = soft_margin
         self.lambda1 = lambda1
         self.lambda2 = lambda2
         self.cross_entropy = RandomPoolingCrossEntropy(drop_prob)
@@ -44,7 +47,7 @@ class DuATMLoss(nn.Module):
         self, distances: Tensor, sequences: Tensor, pids: Tensor, classifier: nn.Module
     ) -> LossOutput:
         """``distances`` (B, B) from the matcher, ``sequences`` (B, S, D), ``pids`` (B,)."""
-        triplet = batch_hard_triplet(distances, pids, self.margin)
+        triplet = batch_hard_triplet(distances, pids, self.margin, soft=self.soft_margin)
         decorrelation = decorrelation_loss(sequences)
         cross_entropy = self.cross_entropy(sequences, classifier, pids)
         total = triplet + self.lambda1 * decorrelation + self.lambda2 * cross_entropy

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -35,12 +36,19 @@ def mine_batch_hard(dist: Tensor, pids: Tensor) -> TripletMining:
     return TripletMining(hardest_positive[anchors], hardest_negative[anchors], anchors)
 
 
-def batch_hard_triplet(dist: Tensor, pids: Tensor, margin: float = 0.2) -> Tensor:
-    """mean over anchors of max(0, d(a, hardest p) - d(a, hardest n) + margin)."""
+def batch_hard_triplet(
+    dist: Tensor, pids: Tensor, margin: float = 0.2, *, soft: bool = False
+) -> Tensor:
+    """mean over anchors of max(0, d(a, hardest p) - d(a, hardest n) + margin), or with
+    ``soft`` of softplus(d(a, hardest p) - d(a, hardest n)) (Hermans et al.'s soft margin:
+    no margin to set against the distance's scale, and no anchor ever stops pulling)."""
     mined = mine_batch_hard(dist, pids)
     if mined.anchors.numel() == 0:
         raise ValueError(
             "batch-hard triplet loss needs at least one identity with two samples and one other "
             "identity in the batch; use an identity sampler with num_instances >= 2"
         )
-    return torch.relu(mined.hardest_positive - mined.hardest_negative + margin).mean()
+    gap = mined.hardest_positive - mined.hardest_negative
+    if soft:
+        return F.softplus(gap).mean()
+    return torch.relu(gap + margin).mean()

@@ -54,6 +54,8 @@ class DuATM(nn.Module):
         ce_head: classifier of the pooled-sequence cross-entropy (``"paper"``: one FC layer).
         ce_scale: logit scale of the ``"cosine"`` head.
         attention_scale: factor on every attention logit of the matcher (1 = the paper).
+        attention_init: how the matcher's filter layer starts, ``"random"`` (the paper leaves
+            it open) or ``"identity"``.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class DuATM(nn.Module):
         ce_head: str = "paper",
         ce_scale: float = 16.0,
         attention_scale: float = 1.0,
+        attention_init: str = "random",
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -87,7 +90,9 @@ class DuATM(nn.Module):
                 trunk, dim, rnn=rnn, hidden=rnn_hidden, frame_chunk=frame_chunk
             )
         )
-        self.matcher = DualAttentionMatcher(dim, mode, attention_scale=attention_scale)
+        self.matcher = DualAttentionMatcher(
+            dim, mode, attention_scale=attention_scale, attention_init=attention_init
+        )
         self.classifier = build_classifier(ce_head, dim, num_classes, scale=ce_scale)
         self._backbone_frozen = False
 

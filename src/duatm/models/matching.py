@@ -31,6 +31,9 @@ from torch import Tensor, nn
 MATCHER_MODES = ("dual", "intra", "inter", "avgpool")
 """The matcher variants of the paper's Table 2 (docs/design.md#ablations)."""
 
+ATTENTION_INITS = ("random", "identity")
+"""How the filter layer W of Eq. 1 starts (docs/design.md#attention-init)."""
+
 # The pairwise softmax runs in base 2 (exp2 is about twice as fast as exp on CPU), so the
 # prepared filter vectors carry this factor: 2^(log2(e) q.x) = e^(q.x).
 _LOG2E = math.log2(math.e)
@@ -218,9 +221,19 @@ class DualAttentionMatcher(nn.Module):
         attention_scale: factor on the filtered vectors q of Eq. 1, hence on every attention
             logit. 1 is the paper (the scale is learned only through W and BN); a larger value
             starts training from sharper attention (docs/design.md#attention-scale).
+        attention_init: ``"random"`` (PyTorch's default for W, as the paper leaves it) or
+            ``"identity"`` (W = I, b = 0: attention starts as content similarity, each element
+            looking at the elements most like itself; docs/design.md#attention-init).
     """
 
-    def __init__(self, dim: int, mode: str = "dual", *, attention_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        mode: str = "dual",
+        *,
+        attention_scale: float = 1.0,
+        attention_init: str = "random",
+    ) -> None:
         super().__init__()
         if mode not in MATCHER_MODES:
             raise ValueError(f"mode must be one of {MATCHER_MODES}; got {mode!r}")
@@ -228,6 +241,10 @@ class DualAttentionMatcher(nn.Module):
             raise ValueError(f"dim must be positive; got {dim}")
         if not attention_scale > 0:
             raise ValueError(f"attention_scale must be positive; got {attention_scale}")
+        if attention_init not in ATTENTION_INITS:
+            raise ValueError(
+                f"attention_init must be one of {ATTENTION_INITS}; got {attention_init!r}"
+            )
         self.dim = dim
         self.mode = mode
         self.attention_scale = float(attention_scale)
@@ -236,6 +253,9 @@ class DualAttentionMatcher(nn.Module):
             if mode == "avgpool"
             else nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU())
         )
+        if self.transform is not None and attention_init == "identity":
+            nn.init.eye_(self.transform[0].weight)
+            nn.init.zeros_(self.transform[0].bias)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, mode={self.mode!r}, attention_scale={self.attention_scale}"
