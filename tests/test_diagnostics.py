@@ -47,6 +47,49 @@ def test_diagnostics_equal_direct_computations() -> None:
     assert got["rank_corr_meanvec"] == pytest.approx(sum(rho) / 5, rel=1e-6)
 
 
+def padded(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(x) for x in items])
+    out = torch.zeros(len(items), int(lengths.max()), items[0].shape[1])
+    for row, x in enumerate(items):
+        out[row, : len(x)] = x
+    return out, lengths
+
+
+def test_diagnostics_of_sequences_of_different_lengths() -> None:
+    torch.manual_seed(0)
+    matcher = DualAttentionMatcher(8, "dual", attention_scale=3.0).eval()
+    query = [unit(1, n, 8, seed=10 + n)[0] for n in (3, 5, 4)]
+    gallery = [unit(1, n, 8, seed=20 + n)[0] for n in (6, 2, 5, 3)]
+    (xq, nq), (xg, ng) = padded(query), padded(gallery)
+    with torch.no_grad():
+        distances = matcher.pairwise(xq, xg, q_lengths=nq, g_lengths=ng)
+        got = matcher_diagnostics(matcher, query, gallery, distances, max_pairs=30)
+        # Intra attention (logits times the scale, 3) of every item (all 7 are sampled).
+        rows = [torch.softmax(3.0 * matcher.transform(x) @ x.T, dim=-1) for x in query + gallery]
+    entropy = torch.cat([-(w * w.log()).sum(-1) for w in rows])
+    assert got["intra_entropy"] == pytest.approx(float(entropy.mean()), rel=1e-5)
+    cosines = [
+        sum(float(x[i] @ x[j]) for i in range(len(x)) for j in range(len(x)) if i != j)
+        / (len(x) * (len(x) - 1))
+        for x in query + gallery
+    ]
+    assert got["element_cosine"] == pytest.approx(sum(cosines) / 7, rel=1e-5)
+    pooled = torch.cdist(torch.stack([x.mean(0) for x in query]), xg.sum(1) / ng[:, None])
+    rho = [spearmanr(distances[i], pooled[i]).statistic for i in range(3)]
+    assert got["rank_corr_meanvec"] == pytest.approx(sum(rho) / 3, rel=1e-6)
+    assert math.log(2) < got["uniform_entropy"] < math.log(6)
+    assert 0 < got["inter_entropy"] < got["uniform_entropy"]
+    # Equal lengths given one by one: the same numbers as the batch.
+    batch_q, batch_g = unit(4, 5, 8, seed=1), unit(6, 5, 8, seed=2)
+    with torch.no_grad():
+        d = matcher.pairwise(batch_q, batch_g)
+    one_by_one = matcher_diagnostics(matcher, list(batch_q), list(batch_g), d, max_pairs=30)
+    batched = matcher_diagnostics(matcher, batch_q, batch_g, d, max_pairs=30)
+    assert one_by_one == pytest.approx(batched, rel=1e-5)
+    with pytest.raises(ValueError, match="need their distances"):
+        matcher_diagnostics(matcher, query, gallery)
+
+
 def test_average_pooling_has_no_attention_and_ranks_like_itself() -> None:
     matcher = DualAttentionMatcher(8, "avgpool")
     query, gallery = unit(3, 4, 8, seed=3), unit(6, 4, 8, seed=4)

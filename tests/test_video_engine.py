@@ -212,6 +212,10 @@ def test_cli_trains_and_evaluates_a_video_checkpoint_with_flip_and_all_frames(
     assert main([*evaluate, "--results", str(every_frame), "--set", "data.test_clip_mode=all"]) == 0
     results = json.loads(every_frame.read_text())
     assert results["flip"] is True and 0 <= results["mAP"] <= 1
+    # Tracklets of every frame differ in length; the diagnostics are still there.
+    diagnosed = results["diagnostics"]
+    assert 0 < diagnosed["inter_entropy"] <= diagnosed["uniform_entropy"] + 1e-6
+    assert -1 <= diagnosed["rank_corr_meanvec"] <= 1
     capsys.readouterr()
     # An image dataset for a video checkpoint: one line naming the key, exit status 2.
     assert main([*evaluate, "--set", "data.dataset=market1501"]) == 2

@@ -20,8 +20,8 @@ of items, pairs and queries (fixed generator), so the cost is bounded on any gal
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from scipy.stats import rankdata
@@ -44,8 +44,8 @@ DIAGNOSTIC_NAMES = (
 @torch.inference_mode()
 def matcher_diagnostics(
     matcher: DualAttentionMatcher,
-    query: Tensor,
-    gallery: Tensor,
+    query: Tensor | Sequence[Tensor],
+    gallery: Tensor | Sequence[Tensor],
     distances: Tensor | None = None,
     *,
     max_items: int = 512,
@@ -56,31 +56,92 @@ def matcher_diagnostics(
     """Attention sharpness, sequence collapse and agreement with mean pooling of a trained
     matcher on query (Q, S, D) and gallery (G, S, D) sequences and their (Q, G) ``distances``.
 
+    Sequences of different lengths (video tracklets of every frame) come as sequences of
+    (S_k, D) tensors; they are then taken item by item and pair by pair, ``distances`` is
+    required, and ``uniform_entropy`` is the mean over the sampled inter-sequence rows (intra
+    where the mode has none) of the log of the length each row attends over: the entropy
+    uniform rows would have on average.
+
     The matcher must be in eval mode (BatchNorm with running statistics), as in evaluation.
     Attention entropies are NaN where the mode has no such attention (none for ``avgpool``, no
     inter for ``intra``, no intra for ``inter``). Without ``distances`` the matcher computes
     those of the sampled queries.
     """
     generator = torch.Generator().manual_seed(seed)
-    items = torch.cat([query, gallery])
-    sampled = items[_sample(len(items), max_items, generator)]
-    out = {"element_cosine": _element_cosine(sampled), "uniform_entropy": math.log(items.shape[1])}
+    if not (isinstance(query, Tensor) and isinstance(gallery, Tensor)) and distances is None:
+        raise ValueError("sequences of different lengths need their distances")
+    items = _concat(query, gallery)
+    sampled = _pick(items, _sample(len(items), max_items, generator))
+    out = {"element_cosine": _element_cosine(sampled)}
     out["rank_corr_meanvec"] = _rank_correlation_with_means(
         matcher, query, gallery, distances, max_queries, generator
     )
     nan = float("nan")
     intra = inter = torch.full((1,), nan)
+    rows: list[Tensor | list[Tensor]] = []  # the sampled attention, for uniform_entropy
     if matcher.mode != "avgpool":
-        a = query[torch.randint(len(query), (max_pairs,), generator=generator)]
-        b = gallery[torch.randint(len(gallery), (max_pairs,), generator=generator)]
-        own, cross = matcher.attention(sampled, sampled), matcher.attention(a, b)
+        a = _pick(query, torch.randint(len(query), (max_pairs,), generator=generator))
+        b = _pick(gallery, torch.randint(len(gallery), (max_pairs,), generator=generator))
+        own, cross = _attention(matcher, sampled, sampled), _attention(matcher, a, b)
         if own.intra_a is not None:
-            intra = _row_entropy(own.intra_a)
+            intra = _row_entropies(own.intra_a)
+            rows = [own.intra_a]
         if cross.inter_ab is not None and cross.inter_ba is not None:
-            inter = torch.cat([_row_entropy(cross.inter_ab), _row_entropy(cross.inter_ba)])
+            inter = torch.cat([_row_entropies(cross.inter_ab), _row_entropies(cross.inter_ba)])
+            rows = [cross.inter_ab, cross.inter_ba]
+    if isinstance(items, Tensor):
+        out["uniform_entropy"] = math.log(items.shape[1])
+    else:  # the headline (inter, else intra) rows' mean log(length attended over)
+        logs = [math.log(w.shape[-1]) for mats in rows for w in mats for _ in range(w.shape[-2])]
+        logs = logs or [math.log(len(x)) for x in sampled]
+        out["uniform_entropy"] = sum(logs) / len(logs)
     out["intra_entropy"], out["intra_entropy_p5"] = _mean_and_p5(intra)
     out["inter_entropy"], out["inter_entropy_p5"] = _mean_and_p5(inter)
     return {name: float(out[name]) for name in DIAGNOSTIC_NAMES}
+
+
+class _Attention(NamedTuple):
+    """Attention matrices as a batch (equal lengths) or a list of one per pair."""
+
+    intra_a: Tensor | list[Tensor] | None
+    inter_ab: Tensor | list[Tensor] | None
+    inter_ba: Tensor | list[Tensor] | None
+
+
+def _attention(
+    matcher: DualAttentionMatcher, a: Tensor | list[Tensor], b: Tensor | list[Tensor]
+) -> _Attention:
+    """The matcher's attention of pairs (a[k], b[k]): in one batch, or pair by pair."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        got = matcher.attention(a, b)
+        return _Attention(got.intra_a, got.inter_ab, got.inter_ba)
+    pairs = [matcher.attention(x[None], y[None]) for x, y in zip(a, b, strict=True)]
+    first = pairs[0]
+    return _Attention(
+        *(
+            None if getattr(first, name) is None else [getattr(p, name)[0] for p in pairs]
+            for name in ("intra_a", "inter_ab", "inter_ba")
+        )
+    )
+
+
+def _concat(a: Tensor | Sequence[Tensor], b: Tensor | Sequence[Tensor]) -> Tensor | list[Tensor]:
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return torch.cat([a, b])
+    return [*a, *b]
+
+
+def _pick(items: Tensor | Sequence[Tensor], index: Tensor) -> Tensor | list[Tensor]:
+    if isinstance(items, Tensor):
+        return items[index]
+    return [items[i] for i in index.tolist()]
+
+
+def _means(items: Tensor | Sequence[Tensor]) -> Tensor:
+    """(N, D) mean element of every item, in float32."""
+    if isinstance(items, Tensor):
+        return items.float().mean(1)
+    return torch.stack([x.float().mean(0) for x in items])
 
 
 def _sample(n: int, k: int, generator: torch.Generator) -> Tensor:
@@ -92,12 +153,22 @@ def _row_entropy(attention: Tensor) -> Tensor:
     return -(attention * attention.clamp_min(1e-30).log()).sum(-1).flatten()
 
 
+def _row_entropies(attention: Tensor | list[Tensor]) -> Tensor:
+    """:func:`_row_entropy` of a batch of attention matrices or of a list of them."""
+    if isinstance(attention, Tensor):
+        return _row_entropy(attention)
+    return torch.cat([_row_entropy(w) for w in attention])
+
+
 def _mean_and_p5(values: Tensor) -> tuple[float, float]:
     return float(values.mean()), float(torch.quantile(values.double(), 0.05))
 
 
-def _element_cosine(sequences: Tensor) -> float:
-    """Mean cosine between distinct elements of the same sequence."""
+def _element_cosine(sequences: Tensor | Sequence[Tensor]) -> float:
+    """Mean over items of the mean cosine between distinct elements of one sequence."""
+    if not isinstance(sequences, Tensor):
+        per_item = [_element_cosine(x[None]) for x in sequences if len(x) >= 2]
+        return sum(per_item) / len(per_item) if per_item else float("nan")
     x = torch.nn.functional.normalize(sequences.float(), dim=-1)
     length = x.shape[1]
     if length < 2:
@@ -108,8 +179,8 @@ def _element_cosine(sequences: Tensor) -> float:
 
 def _rank_correlation_with_means(
     matcher: DualAttentionMatcher,
-    query: Tensor,
-    gallery: Tensor,
+    query: Tensor | Sequence[Tensor],
+    gallery: Tensor | Sequence[Tensor],
     distances: Tensor | None,
     max_queries: int,
     generator: torch.Generator,
@@ -118,8 +189,12 @@ def _rank_correlation_with_means(
     if len(gallery) < 2:
         return float("nan")
     rows = _sample(len(query), max_queries, generator)
-    pooled = torch.cdist(query[rows].float().mean(1), gallery.float().mean(1).contiguous())
-    chosen = matcher.pairwise(query[rows], gallery) if distances is None else distances[rows]
+    pooled = torch.cdist(_means(_pick(query, rows)), _means(gallery).contiguous())
+    if distances is None:
+        assert isinstance(query, Tensor) and isinstance(gallery, Tensor)
+        chosen = matcher.pairwise(query[rows], gallery)
+    else:
+        chosen = distances[rows]
     return float(_spearman_rows(chosen.double().cpu(), pooled.double().cpu()).nanmean())
 
 

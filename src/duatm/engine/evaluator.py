@@ -362,11 +362,17 @@ def _diagnostics(
     gallery: ExtractedSequences,
     distances: Tensor | None = None,
 ) -> dict[str, float]:
-    """The matcher diagnostics of equal-length sequences; none for the packed tracklets of the
-    ``all`` mode (they would need every statistic masked by length)."""
-    if query.lengths is not None or gallery.lengths is not None:
-        return {}
-    return matcher_diagnostics(model.matcher, query.sequences, gallery.sequences, distances)
+    """The matcher diagnostics; the packed tracklets of the ``all`` mode item by item."""
+    if query.lengths is None and gallery.lengths is None:
+        return matcher_diagnostics(model.matcher, query.sequences, gallery.sequences, distances)
+    return matcher_diagnostics(model.matcher, _items(query), _items(gallery), distances)
+
+
+def _items(extracted: ExtractedSequences) -> list[Tensor]:
+    """Every item's (S_k, D) sequence: views of a packed set, or rows of an equal-length one."""
+    if extracted.lengths is None:
+        return list(extracted.sequences)
+    return list(torch.split(extracted.sequences, extracted.lengths.tolist()))
 
 
 def reranked_distances(
