@@ -16,6 +16,7 @@ from duatm.engine.builders import build_model
 from duatm.engine.diagnostics import DIAGNOSTIC_NAMES, format_diagnostics, matcher_diagnostics
 from duatm.models.heads import CE_HEADS, build_classifier
 from duatm.models.matching import DualAttentionMatcher
+from test_matching import padded_batch
 
 
 def unit(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -47,20 +48,12 @@ def test_diagnostics_equal_direct_computations() -> None:
     assert got["rank_corr_meanvec"] == pytest.approx(sum(rho) / 5, rel=1e-6)
 
 
-def padded(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(x) for x in items])
-    out = torch.zeros(len(items), int(lengths.max()), items[0].shape[1])
-    for row, x in enumerate(items):
-        out[row, : len(x)] = x
-    return out, lengths
-
-
 def test_diagnostics_of_sequences_of_different_lengths() -> None:
     torch.manual_seed(0)
     matcher = DualAttentionMatcher(8, "dual", attention_scale=3.0).eval()
     query = [unit(1, n, 8, seed=10 + n)[0] for n in (3, 5, 4)]
     gallery = [unit(1, n, 8, seed=20 + n)[0] for n in (6, 2, 5, 3)]
-    (xq, nq), (xg, ng) = padded(query), padded(gallery)
+    (xq, nq), (xg, ng) = padded_batch(query, 5, seed=1), padded_batch(gallery, 6, seed=2)
     with torch.no_grad():
         distances = matcher.pairwise(xq, xg, q_lengths=nq, g_lengths=ng)
         got = matcher_diagnostics(matcher, query, gallery, distances, max_pairs=30)
@@ -74,7 +67,8 @@ def test_diagnostics_of_sequences_of_different_lengths() -> None:
         for x in query + gallery
     ]
     assert got["element_cosine"] == pytest.approx(sum(cosines) / 7, rel=1e-5)
-    pooled = torch.cdist(torch.stack([x.mean(0) for x in query]), xg.sum(1) / ng[:, None])
+    means = [torch.stack([x.mean(0) for x in items]) for items in (query, gallery)]
+    pooled = torch.cdist(*means)
     rho = [spearmanr(distances[i], pooled[i]).statistic for i in range(3)]
     assert got["rank_corr_meanvec"] == pytest.approx(sum(rho) / 3, rel=1e-6)
     assert math.log(2) < got["uniform_entropy"] < math.log(6)

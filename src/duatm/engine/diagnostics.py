@@ -91,10 +91,12 @@ def matcher_diagnostics(
             rows = [cross.inter_ab, cross.inter_ba]
     if isinstance(items, Tensor):
         out["uniform_entropy"] = math.log(items.shape[1])
-    else:  # the headline (inter, else intra) rows' mean log(length attended over)
-        logs = [math.log(w.shape[-1]) for mats in rows for w in mats for _ in range(w.shape[-2])]
-        logs = logs or [math.log(len(x)) for x in sampled]
-        out["uniform_entropy"] = sum(logs) / len(logs)
+    elif rows:  # the headline (inter, else intra) rows' mean log(length attended over)
+        matrices = [w for mats in rows for w in mats]
+        weighted = sum(w.shape[-2] * math.log(w.shape[-1]) for w in matrices)
+        out["uniform_entropy"] = weighted / sum(w.shape[-2] for w in matrices)
+    else:  # avgpool: no attention rows; log of a sampled item's length, on average
+        out["uniform_entropy"] = sum(math.log(len(x)) for x in sampled) / len(sampled)
     out["intra_entropy"], out["intra_entropy_p5"] = _mean_and_p5(intra)
     out["inter_entropy"], out["inter_entropy_p5"] = _mean_and_p5(inter)
     return {name: float(out[name]) for name in DIAGNOSTIC_NAMES}
