@@ -4,28 +4,33 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from duatm.engine.seed import seed_everything, worker_init_fn
+from duatm.cli import main
+from duatm.config import ConfigError, load_config
+from duatm.engine.seed import pin_cpu_threads, seed_everything, worker_init_fn
 
 
 @pytest.fixture(autouse=True)
 def keep_global_torch_modes() -> Iterator[None]:
-    """seed_everything changes process-wide flags; put them back for the other tests."""
+    """seed_everything and pin_cpu_threads change process-wide settings; put them back."""
     saved = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
         torch.backends.cudnn.deterministic,
         torch.backends.cudnn.benchmark,
+        torch.get_num_threads(),
     )
     yield
     torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
+    torch.set_num_threads(saved[4])
 
 
 def draws() -> tuple[list[float], list[float], list[float]]:
@@ -111,3 +116,34 @@ def test_loader_workers_differ_from_each_other_and_across_ranks_yet_repeat() -> 
     # Two processes of a distributed run, same loader seed: torch alone would give equal draws.
     assert all(a != b for a, b in zip(load_all(0, rank=1)[0], run[0], strict=True))
     assert load_all(1) != run
+
+
+def test_pin_cpu_threads_sets_torch_threads_and_none_keeps_them() -> None:
+    pin_cpu_threads(1)
+    assert torch.get_num_threads() == 1
+    pin_cpu_threads(None)
+    assert torch.get_num_threads() == 1
+    pin_cpu_threads(3)
+    assert torch.get_num_threads() == 3
+
+
+def test_cpu_threads_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="cpu_threads"):
+        load_config(None, ["cpu_threads=0"])
+
+
+def test_evaluate_pins_the_checkpoint_configs_threads(tiny_checkpoint: Path) -> None:
+    """`duatm evaluate` runs with the thread count of the run (here set on the command line)."""
+    torch.set_num_threads(2)
+    argv = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--no-progress"]
+    results = tiny_checkpoint.parent / "threads.json"
+    assert main([*argv, "--results", str(results), "--set", "cpu_threads=1"]) == 0
+    assert torch.get_num_threads() == 1
+
+
+def test_training_pins_the_configs_threads(
+    train_argv: Callable[..., list[str]], tmp_path: Path
+) -> None:
+    torch.set_num_threads(2)
+    assert main(train_argv(tmp_path / "run", "cpu_threads=1", "schedule.epochs=1")) == 0
+    assert torch.get_num_threads() == 1

@@ -199,6 +199,9 @@ class DuATMConfig:
     amp: bool = True  # mixed precision on CUDA; ignored on other devices
     log_every: int = 20  # training iterations between metric records
     deterministic: bool = False  # deterministic algorithms (slower), for bit-wise reproducibility
+    # torch's intra-op threads on the CPU (null: torch's default, one per core). Float sums are
+    # split across threads, so a CPU run's numbers depend on it; pin it to repeat them elsewhere.
+    cpu_threads: int | None = None
 
 
 # --8<-- [end:schema]
@@ -392,6 +395,12 @@ def validate_config(cfg: DuATMConfig) -> None:
         '"auto", "cpu", "cuda", "cuda:N" or "mps"',
     )
     _check("log_every", cfg.log_every, cfg.log_every >= 1, "a positive integer")
+    _check(
+        "cpu_threads",
+        cfg.cpu_threads,
+        cfg.cpu_threads is None or cfg.cpu_threads >= 1,
+        "a positive integer or null",
+    )
 
 
 def _one_of(names: Sequence[str] | Mapping[str, object]) -> str:

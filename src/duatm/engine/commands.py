@@ -44,6 +44,7 @@ from duatm.engine.evaluator import (
     write_results,
 )
 from duatm.engine.run_folder import RunFolderError
+from duatm.engine.seed import pin_cpu_threads
 from duatm.engine.trainer import Trainer, TrainingDiverged
 from duatm.errors import one_line_message
 from duatm.extras import MissingExtraError
@@ -238,6 +239,7 @@ def _evaluate_on(
     """`duatm evaluate` on this process's share (all of it in one process); rank 0 reports."""
     model = load(checkpoint, device=device, overrides=overrides)
     cfg = model.config
+    pin_cpu_threads(cfg.cpu_threads)
     # Flip-augmented results get their own default file instead of replacing the plain ones.
     default_suffix = ".flip.results.json" if cfg.eval.flip else ".results.json"
     results = Path(args.results) if args.results else checkpoint.with_suffix(default_suffix)

@@ -35,6 +35,17 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+def pin_cpu_threads(threads: int | None) -> None:
+    """Make torch use ``threads`` intra-op threads on the CPU (``None`` leaves its default).
+
+    Why: a CPU reduction is split across threads, so its rounding depends on their number, and
+    over a training run those last bits grow into a different model. The default is one thread
+    per core, so without a pinned count a run's numbers change from machine to machine.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def worker_init_fn(worker_id: int, rank: int = 0) -> None:
     """DataLoader `worker_init_fn`: reseed python, numpy and torch from the worker's torch seed.
 

@@ -75,7 +75,7 @@ from duatm.engine.hooks import (
 from duatm.engine.metrics_log import MetricsLogger
 from duatm.engine.progress import Progress
 from duatm.engine.run_folder import check_run_folder, locked_run_folder, probe_lock
-from duatm.engine.seed import seed_epoch, seed_everything
+from duatm.engine.seed import pin_cpu_threads, seed_epoch, seed_everything
 from duatm.losses import DuATMLoss, LossOutput
 from duatm.metrics import RankMetrics
 from duatm.models.duatm import DuATM
@@ -219,6 +219,7 @@ class Trainer:
             probe_lock(self.run_dir)
             check_run_folder(self.run_dir, resume_from=resume_from, overwrite=overwrite)
         self.device = rank_device(cfg.device, self.dist)
+        pin_cpu_threads(cfg.cpu_threads)
         seed_everything(cfg.seed, cfg.deterministic)
         self.dataset = (
             dataset if dataset is not None else load_dataset(cfg, verbose=self.dist.is_main)
