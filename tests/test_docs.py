@@ -186,3 +186,23 @@ def test_readme_links_into_the_repository_exist() -> None:
     assert targets, "the README links nowhere into the repository"
     missing = sorted({t for t in targets if not (ROOT / t).exists()})
     assert not missing, f"README.md links to missing files: {', '.join(missing)}"
+
+
+SNIPPET = re.compile(r'^--8<-- "([^":]+):([^"]+)"$', re.MULTILINE)
+
+
+def test_every_source_include_resolves_and_the_build_expands_it() -> None:
+    """`--8<-- "file:section"` lines (docs/guide/configs.md shows the config schema this way)
+    name a file with that section's markers, and mkdocs.yml enables the extension that expands
+    them: without it the page shows the bare `--8<--` line and no key at all."""
+    includes = [
+        (page, *match)
+        for page in sorted((ROOT / "docs").rglob("*.md"))
+        for match in SNIPPET.findall(page.read_text(encoding="utf-8"))
+    ]
+    assert includes, "expected the config schema include in docs/guide/configs.md"
+    for page, source, section in includes:
+        text = (ROOT / source).read_text(encoding="utf-8")
+        for marker in (f"--8<-- [start:{section}]", f"--8<-- [end:{section}]"):
+            assert marker in text, f"{page.name}: {source} has no {marker!r}"
+    assert re.search(r"^\s*- pymdownx\.snippets\b", (ROOT / "mkdocs.yml").read_text(), re.M)
