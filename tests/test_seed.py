@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from conftest import write_tiny_checkpoint
 from duatm.cli import main
 from duatm.config import ConfigError, load_config
 from duatm.engine.seed import pin_cpu_threads, seed_everything, worker_init_fn
@@ -132,13 +133,17 @@ def test_cpu_threads_must_be_positive() -> None:
         load_config(None, ["cpu_threads=0"])
 
 
-def test_evaluate_pins_the_checkpoint_configs_threads(tiny_checkpoint: Path) -> None:
-    """`duatm evaluate` runs with the thread count of the run (here set on the command line)."""
+def test_evaluate_pins_the_checkpoint_configs_threads(tiny_synthped: Path, tmp_path: Path) -> None:
+    """`duatm evaluate` runs with the thread count saved in the run's config; --set overrides."""
+    checkpoint = write_tiny_checkpoint(
+        tmp_path / "pinned.pt", tiny_synthped, overrides=("cpu_threads=1",)
+    )
+    argv = ["evaluate", "--checkpoint", str(checkpoint), "--no-progress"]
     torch.set_num_threads(2)
-    argv = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--no-progress"]
-    results = tiny_checkpoint.parent / "threads.json"
-    assert main([*argv, "--results", str(results), "--set", "cpu_threads=1"]) == 0
+    assert main([*argv, "--results", str(tmp_path / "saved.json")]) == 0
     assert torch.get_num_threads() == 1
+    assert main([*argv, "--results", str(tmp_path / "set.json"), "--set", "cpu_threads=2"]) == 0
+    assert torch.get_num_threads() == 2
 
 
 def test_training_pins_the_configs_threads(
