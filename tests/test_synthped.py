@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from duatm.data.datasets import Market1501
+from duatm.data.patchped import write_patchped
 from duatm.data.synthped import MANIFEST_NAME, add_synth_arguments, write_synthped
 
 TINY = {
@@ -75,6 +76,21 @@ def test_another_seed_gives_other_images(tmp_path):
     assert a.keys() == b.keys()  # names do not depend on the seed, content does
     images = [name for name in a if name.endswith(".jpg")]
     assert all(a[name] != b[name] for name in images)
+
+
+@pytest.mark.parametrize("writer", [write_synthped, write_patchped])
+def test_more_identities_under_one_seed_keep_the_cameras(tmp_path, writer):
+    """What `duatm synth --help` promises for drawing new people under the same cameras: the
+    seed alone draws the cameras, so the pid-0 distractors and the junk (no person of the
+    tree in them) come out the same with more identities, and other under another seed."""
+    args = {key: value for key, value in TINY.items() if key != "num_ids"}
+    small = file_hashes(writer(tmp_path / "small", num_ids=4, seed=0, **args))
+    large = file_hashes(writer(tmp_path / "large", num_ids=8, seed=0, **args))
+    other = file_hashes(writer(tmp_path / "other", num_ids=4, seed=1, **args))
+    background = [name for name in small if Path(name).name.startswith(("0000_", "-1_"))]
+    assert len(background) == 4
+    assert all(small[name] == large[name] for name in background)
+    assert all(small[name] != other[name] for name in background)
 
 
 def test_market1501_loader_reads_the_expected_splits(tmp_path):

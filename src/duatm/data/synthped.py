@@ -456,7 +456,13 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cameras", type=int, help=f"cameras, 2..{MAX_CAMERAS} (default 6; video 3)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="draws the cameras as well as the people: another seed is another camera world; "
+        "to add new people under the same cameras keep the seed and raise --ids",
+    )
     parser.add_argument("--height", type=int, help="image height (default 256; video 128)")
     parser.add_argument("--width", type=int, help="image width (default 128; video 64)")
     parser.add_argument(
