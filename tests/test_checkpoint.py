@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 from collections import Counter, OrderedDict
 from pathlib import Path
 
@@ -98,6 +100,29 @@ def test_failure_during_save_keeps_the_old_checkpoint(
     assert path.read_bytes() == old_bytes
     assert_same(load_checkpoint(path), {"epoch": 1, "w": torch.ones(3)})
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_ctrl_c_during_save_finishes_the_checkpoint_then_interrupts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C inside torch.save used to surface as a RuntimeError from its zip writer (exit 1
+    with a traceback) and lose the epoch; now the save completes and KeyboardInterrupt follows."""
+    path = tmp_path / "last.pt"
+    real_save = torch.save
+    finished = []
+
+    def save_with_ctrl_c(obj: object, handle: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # delivered between bytecodes: here, if not held
+        real_save(obj, handle)
+        finished.append(True)
+
+    monkeypatch.setattr(torch, "save", save_with_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
+    assert finished == [True]
+    monkeypatch.undo()
+    assert_same(load_checkpoint(path), {"epoch": 2, "w": torch.zeros(3)})
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
 def test_missing_checkpoint_names_the_path(tmp_path: Path) -> None:

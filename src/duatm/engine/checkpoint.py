@@ -11,14 +11,17 @@ A run folder holds `last.pt` (written every epoch, resumed from) and `best.pt`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import pickle
 import pickletools
 import random
+import signal
+import threading
 import zipfile
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +95,38 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
         raise TypeError(f"a checkpoint state must be a dict, got {type(state).__name__}")
     state = dict(state)
     check_plain(state)
-    with atomic_open(path, "wb") as handle:
+    with _ctrl_c_held(), atomic_open(path, "wb") as handle:
         torch.save(state, handle)
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then deliver it.
+
+    Why: a KeyboardInterrupt inside ``torch.save`` surfaces as a RuntimeError from its zip
+    writer (a traceback and exit 1 instead of the resume hint), and it would throw away the
+    checkpoint of an epoch that is already trained. Held, the save completes and the run stops
+    right after it. A second Ctrl-C is not held. Only the main thread owns signal handlers;
+    elsewhere, or when the handler was not installed from Python, nothing changes.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received and callable(previous):
+        previous(signal.SIGINT, None)
 
 
 def load_checkpoint(
