@@ -93,6 +93,10 @@ def test_average_pooling_has_no_attention_and_ranks_like_itself() -> None:
     assert got["rank_corr_meanvec"] == pytest.approx(1.0)
     assert "attention" not in format_diagnostics(got)
     assert "rank corr. with mean pooling 1.00" in format_diagnostics(got)
+    assert "mAP with mean pooling" not in format_diagnostics(got)
+    assert "mAP with mean pooling of the same features 42.5" in format_diagnostics(
+        {**got, "meanvec_mAP": 0.425}
+    )
 
 
 def test_collapsed_sequences_show_uniform_attention_and_cosine_one() -> None:

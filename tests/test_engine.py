@@ -25,7 +25,7 @@ from duatm.engine.builders import resolve_device
 from duatm.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from duatm.engine.commands import run_guarded
 from duatm.engine.demo import DEMO_JSON, demo_report, run_demo
-from duatm.engine.diagnostics import DIAGNOSTIC_NAMES
+from duatm.engine.diagnostics import REPORTED_DIAGNOSTICS
 from duatm.engine.evaluator import query_gallery_index
 from duatm.engine.metrics_log import METRICS_JSONL, read_metrics
 from duatm.engine.trainer import Trainer, TrainingDiverged, backbone_frozen, learning_rate
@@ -156,7 +156,7 @@ def test_training_writes_the_run_folder(
     assert len(aps) == results["num_valid_queries"]
     assert sum(aps) / len(aps) == pytest.approx(results["mAP"])
     # The diagnostics are in every evaluation record and in the results.
-    assert results["diagnostics"] == {name: evals[-1][name] for name in DIAGNOSTIC_NAMES}
+    assert results["diagnostics"] == {name: evals[-1][name] for name in REPORTED_DIAGNOSTICS}
     length = trainer.model.eval()(torch.zeros(1, 3, 32, 16)).shape[1]
     assert results["diagnostics"]["uniform_entropy"] == pytest.approx(math.log(length))
 

@@ -15,7 +15,7 @@ from duatm.cli import main
 from duatm.config import ConfigError, load_config
 from duatm.data.datasets import Market1501
 from duatm.engine.builders import build_test_loader
-from duatm.engine.diagnostics import DIAGNOSTIC_NAMES
+from duatm.engine.diagnostics import MEANVEC_MAP, REPORTED_DIAGNOSTICS
 from duatm.engine.evaluator import (
     Rerank,
     distance_matrix,
@@ -81,10 +81,18 @@ def test_evaluate_reports_the_plain_row_and_the_reranked_row(split) -> None:
         np.testing.assert_allclose(got.cmc, expected.cmc)
     plain = evaluate_split(*args, max_rank=10, progress=False)
     assert plain.reranked is None and plain.reranked_distances is None
-    assert set(plain.diagnostics) == set(DIAGNOSTIC_NAMES)
+    assert set(plain.diagnostics) == set(REPORTED_DIAGNOSTICS)
+    # The same features ranked by the Euclidean distance of their mean vectors.
+    pooled = np.linalg.norm(
+        query.sequences.mean(1).numpy()[:, None] - gallery.sequences.mean(1).numpy()[None],
+        axis=-1,
+    )
+    expected = rank_metrics(pooled, *labels, max_rank=10).mAP
+    assert plain.diagnostics[MEANVEC_MAP] == pytest.approx(expected, abs=1e-6)
+    assert plain.diagnostics[MEANVEC_MAP] != pytest.approx(plain.metrics.mAP, abs=1e-6)
     metrics, extra = evaluate(*args, max_rank=10, progress=False)  # training's 2-tuple
     assert metrics.mAP == plain.metrics.mAP
-    assert set(extra) == {"extract_s", "match_s", "rank_s", *DIAGNOSTIC_NAMES}
+    assert set(extra) == {"extract_s", "match_s", "rank_s", *REPORTED_DIAGNOSTICS}
 
 
 def test_rank_rows_are_labelled_and_aligned() -> None:

@@ -24,7 +24,7 @@ from duatm.engine.checkpoint import (
     check_run_state,
     load_checkpoint,
 )
-from duatm.engine.diagnostics import DIAGNOSTIC_NAMES, format_diagnostics
+from duatm.engine.diagnostics import REPORTED_DIAGNOSTICS, format_diagnostics
 from duatm.engine.distances import save_distances
 from duatm.engine.distributed import (
     SINGLE,
@@ -275,7 +275,7 @@ def _evaluate_on(
         )
     if not ctx.is_main:
         return 0
-    diagnostics = {name: timings.pop(name) for name in DIAGNOSTIC_NAMES if name in timings}
+    diagnostics = {name: timings.pop(name) for name in REPORTED_DIAGNOSTICS if name in timings}
     extra = {}
     # Printed before writing, so the numbers are there even if the disk is full.
     print(f"{checkpoint} (epoch {model.epoch}) on {cfg.data.root}")

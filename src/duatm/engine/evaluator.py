@@ -32,7 +32,7 @@ from duatm.data.batches import batch_pixels
 from duatm.data.clips import ClipSampler
 from duatm.engine.blockwise import blockwise_rank_metrics
 from duatm.engine.builders import autocast_for
-from duatm.engine.diagnostics import matcher_diagnostics
+from duatm.engine.diagnostics import MEANVEC_MAP, matcher_diagnostics, mean_vectors
 from duatm.engine.distributed import SINGLE, DistContext, all_gather_cat
 from duatm.engine.progress import Progress
 from duatm.metrics import RankMetrics, check_valid_queries, rank_metrics, re_ranking
@@ -347,6 +347,9 @@ def evaluate_split(
         "rank_s": time.perf_counter() - matched,
     }
     found = _diagnostics(model, query, gallery, distances) if diagnostics else {}
+    if diagnostics and model.matcher.mode != "avgpool":
+        # What the attention earns: the same features, ranked by their mean vectors.
+        found[MEANVEC_MAP] = ranked(torch.cdist(_mean_pooled(query), _mean_pooled(gallery))).mAP
     if rerank is None:
         return SplitEvaluation(metrics, timings, distances, diagnostics=found)
     reranking = time.perf_counter()
@@ -366,6 +369,11 @@ def _diagnostics(
     if query.lengths is None and gallery.lengths is None:
         return matcher_diagnostics(model.matcher, query.sequences, gallery.sequences, distances)
     return matcher_diagnostics(model.matcher, _items(query), _items(gallery), distances)
+
+
+def _mean_pooled(extracted: ExtractedSequences) -> Tensor:
+    """(N, D) mean vector of every item (each over its own length when packed)."""
+    return mean_vectors(extracted.sequences if extracted.lengths is None else _items(extracted))
 
 
 def _items(extracted: ExtractedSequences) -> list[Tensor]:

@@ -39,7 +39,7 @@ from duatm.engine.checkpoint import (
     load_model_state,
     save_checkpoint,
 )
-from duatm.engine.diagnostics import DIAGNOSTIC_NAMES, format_diagnostics
+from duatm.engine.diagnostics import REPORTED_DIAGNOSTICS, format_diagnostics
 from duatm.engine.evaluator import RESULTS_JSON, write_results
 from duatm.engine.metrics_log import METRICS_JSONL, plot_metrics
 from duatm.metrics import RankMetrics
@@ -394,4 +394,4 @@ class FinalResults(Hook):
 
 
 def _diagnostics_of(record: Mapping[str, Any]) -> dict[str, float]:
-    return {name: record[name] for name in DIAGNOSTIC_NAMES if name in record}
+    return {name: record[name] for name in REPORTED_DIAGNOSTICS if name in record}

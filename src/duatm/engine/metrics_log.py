@@ -140,7 +140,7 @@ def read_metrics(jsonl_path: str | Path) -> list[dict[str, Any]]:
 
 #: Panels of the curves beside the training losses: the rank metrics and the matcher
 #: diagnostics (docs/design.md#diagnostics), each for the test ("eval") and validation records.
-RANK_CURVES = ("R1", "R5", "mAP", "mINP")
+RANK_CURVES = ("R1", "R5", "mAP", "mINP", "meanvec_mAP")  # the last: mean pooling, same features
 DIAGNOSTIC_CURVES = (
     "intra_entropy",
     "inter_entropy",
