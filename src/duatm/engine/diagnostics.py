@@ -81,7 +81,7 @@ def matcher_diagnostics(
     items = _concat(query, gallery)
     sampled = _pick(items, _sample(len(items), max_items, generator))
     out = {"element_cosine": _element_cosine(sampled)}
-    out["rank_corr_meanvec"] = _rank_correlation_withmean_vectors(
+    out["rank_corr_meanvec"] = _rank_correlation_with_means(
         matcher, query, gallery, distances, max_queries, generator
     )
     nan = float("nan")
@@ -187,7 +187,7 @@ def _element_cosine(sequences: Tensor | Sequence[Tensor]) -> float:
     return float((gram_sum / (length * (length - 1))).mean())
 
 
-def _rank_correlation_withmean_vectors(
+def _rank_correlation_with_means(
     matcher: DualAttentionMatcher,
     query: Tensor | Sequence[Tensor],
     gallery: Tensor | Sequence[Tensor],
