@@ -30,6 +30,7 @@ from duatm.data.synthped import write_synthped
 from duatm.engine.builders import build_test_loader
 from duatm.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from duatm.engine.commands import run_guarded
+from duatm.engine.diagnostics import MEANVEC_MAP
 from duatm.engine.distributed import process_group
 from duatm.engine.evaluator import evaluate
 from duatm.engine.hooks import Hook
@@ -275,7 +276,7 @@ def test_two_ranks_train_resume_exactly_and_only_rank_0_writes(
     one = Trainer(
         cfg, dataset=dataset, resume_from=runs / "whole" / LAST_CHECKPOINT, progress=False
     )
-    metrics, _ = evaluate(
+    metrics, extra = evaluate(
         one.model,
         build_test_loader(cfg, dataset.query),
         build_test_loader(cfg, dataset.gallery),
@@ -286,6 +287,8 @@ def test_two_ranks_train_resume_exactly_and_only_rank_0_writes(
     shared = json.loads((runs / "whole" / "results.json").read_text())
     for key, value in rank_metrics_to_dict(metrics).items():
         assert shared[key] == pytest.approx(value, abs=1e-6), key
+    # So does the mAP of the same features mean-pooled, ranked block by block on each rank.
+    assert shared["diagnostics"][MEANVEC_MAP] == pytest.approx(extra[MEANVEC_MAP], abs=1e-6)
 
     # The two-rank checkpoint resumes in one process: state kept, batches recut, and said so.
     more = load_config(

@@ -46,7 +46,7 @@ def test_reranked_distances_use_the_matchers_own_pair_distances(split) -> None:
     model = split.model
     query = extract(model, split.query_loader, split.device, progress=False)
     gallery = extract(model, split.gallery_loader, split.device, progress=False)
-    q_g = distance_matrix(model, query, gallery, tile_mb=1)
+    q_g = distance_matrix(model.matcher, query, gallery, tile_mb=1)
 
     def every_pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         ia, ib = torch.meshgrid(torch.arange(len(a)), torch.arange(len(b)), indexing="ij")
@@ -72,7 +72,7 @@ def test_evaluate_reports_the_plain_row_and_the_reranked_row(split) -> None:
 
     query = extract(model, split.query_loader, split.device, progress=False)
     gallery = extract(model, split.gallery_loader, split.device, progress=False)
-    q_g = distance_matrix(model, query, gallery, tile_mb=256)
+    q_g = distance_matrix(model.matcher, query, gallery, tile_mb=256)
     reranked = reranked_distances(model, query, gallery, q_g, Rerank(6, 3, 0.3), tile_mb=256)
     labels = (query.pids, gallery.pids, query.camids, gallery.camids)
     for got, matrix in ((both.metrics, q_g), (both.reranked, reranked)):

@@ -96,7 +96,7 @@ def test_all_mode_distance_matrix_equals_each_pair_unpadded(tracklets, mode):
     query = ExtractedSequences(
         torch.cat(sequences[:3]), torch.zeros(3), torch.zeros(3), lengths[:3]
     )
-    got = distance_matrix(model, query, packed, tile_mb=1)
+    got = distance_matrix(model.matcher, query, packed, tile_mb=1)
     with torch.no_grad():
         for i in range(3):
             for j in range(len(lengths)):

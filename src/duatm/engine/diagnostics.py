@@ -147,7 +147,7 @@ def _pick(items: Tensor | Sequence[Tensor], index: Tensor) -> Tensor | list[Tens
     return [items[i] for i in index.tolist()]
 
 
-def mean_vectors(items: Tensor | Sequence[Tensor]) -> Tensor:
+def _mean_vectors(items: Tensor | Sequence[Tensor]) -> Tensor:
     """(N, D) mean element of every item, in float32."""
     if isinstance(items, Tensor):
         return items.float().mean(1)
@@ -199,7 +199,7 @@ def _rank_correlation_with_means(
     if len(gallery) < 2:
         return float("nan")
     rows = _sample(len(query), max_queries, generator)
-    pooled = torch.cdist(mean_vectors(_pick(query, rows)), mean_vectors(gallery).contiguous())
+    pooled = torch.cdist(_mean_vectors(_pick(query, rows)), _mean_vectors(gallery).contiguous())
     if distances is None:
         assert isinstance(query, Tensor) and isinstance(gallery, Tensor)
         chosen = matcher.pairwise(query[rows], gallery)

@@ -32,12 +32,13 @@ from duatm.data.batches import batch_pixels
 from duatm.data.clips import ClipSampler
 from duatm.engine.blockwise import blockwise_rank_metrics
 from duatm.engine.builders import autocast_for
-from duatm.engine.diagnostics import MEANVEC_MAP, matcher_diagnostics, mean_vectors
+from duatm.engine.diagnostics import MEANVEC_MAP, matcher_diagnostics
 from duatm.engine.distributed import SINGLE, DistContext, all_gather_cat
 from duatm.engine.progress import Progress
 from duatm.metrics import RankMetrics, check_valid_queries, rank_metrics, re_ranking
 from duatm.metrics.report import per_query_to_dict, rank_metrics_to_dict
 from duatm.models.duatm import DuATM
+from duatm.models.matching import DualAttentionMatcher
 
 RESULTS_JSON = "results.json"
 _LOG = logging.getLogger(__name__)
@@ -166,15 +167,19 @@ def extract_batch(
 
 
 def distance_matrix(
-    model: DuATM, query: ExtractedSequences, gallery: ExtractedSequences, *, tile_mb: int
+    matcher: DualAttentionMatcher,
+    query: ExtractedSequences,
+    gallery: ExtractedSequences,
+    *,
+    tile_mb: int,
 ) -> Tensor:
-    """The (Q, G) matcher distances on the CPU, computed in tiles of at most ``tile_mb`` MiB.
+    """The (Q, G) ``matcher`` distances on the CPU, computed in tiles of at most ``tile_mb`` MiB.
 
     Variable-length sets are cut into buckets of similar length (each zero-padded to its
     longest item, at most about twice its shortest), prepared once per bucket, and compared
     bucket by bucket with the matcher's variable-length ``pairwise_prepared``.
     """
-    matcher, budget = model.matcher, tile_mb << 20
+    budget = tile_mb << 20
     with torch.inference_mode():
         if query.lengths is None and gallery.lengths is None:
             return matcher.pairwise(query.sequences, gallery.sequences, max_tile_bytes=budget).cpu()
@@ -324,7 +329,7 @@ def evaluate_split(
         model, gallery_loader, device, flip=flip, amp=amp, desc="gallery", progress=progress
     )
     extracted = time.perf_counter()
-    distances = distance_matrix(model, query, gallery, tile_mb=tile_mb)
+    distances = distance_matrix(model.matcher, query, gallery, tile_mb=tile_mb)
     matched = time.perf_counter()
 
     def ranked(matrix: Tensor) -> RankMetrics:
@@ -348,8 +353,8 @@ def evaluate_split(
     }
     found = _diagnostics(model, query, gallery, distances) if diagnostics else {}
     if diagnostics and model.matcher.mode != "avgpool":
-        # What the attention earns: the same features, ranked by their mean vectors.
-        found[MEANVEC_MAP] = ranked(torch.cdist(_mean_pooled(query), _mean_pooled(gallery))).mAP
+        pooled = distance_matrix(mean_pooling(model), query, gallery, tile_mb=tile_mb)
+        found[MEANVEC_MAP] = ranked(pooled).mAP
     if rerank is None:
         return SplitEvaluation(metrics, timings, distances, diagnostics=found)
     reranking = time.perf_counter()
@@ -371,9 +376,11 @@ def _diagnostics(
     return matcher_diagnostics(model.matcher, _items(query), _items(gallery), distances)
 
 
-def _mean_pooled(extracted: ExtractedSequences) -> Tensor:
-    """(N, D) mean vector of every item (each over its own length when packed)."""
-    return mean_vectors(extracted.sequences if extracted.lengths is None else _items(extracted))
+def mean_pooling(model: DuATM) -> DualAttentionMatcher:
+    """The AvePool matcher (Euclidean distance of mean vectors, no parameters) on the model's
+    features: ranking with it gives ``meanvec_mAP``, what the same features would score without
+    the attention; the difference from the matcher's mAP is what the attention earns."""
+    return DualAttentionMatcher(model.matcher.dim, "avgpool")
 
 
 def _items(extracted: ExtractedSequences) -> list[Tensor]:
@@ -449,28 +456,34 @@ def _evaluate_blockwise(
     # Every rank compares the whole query set with its gallery share.
     query = ExtractedSequences(*(all_gather_cat(t, dist) for t in own_query[:3]))
     extracted = time.perf_counter()
-    metrics, timings = blockwise_rank_metrics(
-        model.matcher,
-        query.sequences,
-        query.pids,
-        query.camids,
-        gallery.sequences,
-        gallery.pids,
-        gallery.camids,
-        dist,
-        max_rank=max_rank,
-        keep_same_camera=keep_same_camera,
-        query_gallery_index=own_images.table,
-        distractor_pids=distractor_pids,
-        tile_mb=tile_mb,
-        block_bytes=block_mb << 20,
-        stream_to=stream_to,
-        progress=progress,
-    )
+
+    def ranked(matcher: DualAttentionMatcher) -> tuple[RankMetrics, dict[str, float]]:
+        return blockwise_rank_metrics(
+            matcher,
+            query.sequences,
+            query.pids,
+            query.camids,
+            gallery.sequences,
+            gallery.pids,
+            gallery.camids,
+            dist,
+            max_rank=max_rank,
+            keep_same_camera=keep_same_camera,
+            query_gallery_index=own_images.table,
+            distractor_pids=distractor_pids,
+            tile_mb=tile_mb,
+            block_bytes=block_mb << 20,
+            stream_to=stream_to,
+            progress=progress,
+        )
+
+    metrics, timings = ranked(model.matcher)
     extra = {"extract_s": extracted - start, **timings}
     if diagnostics:
         # On the rank's gallery share: the matrix itself is never held in one place here.
         extra.update(_diagnostics(model, query, gallery))
+        if model.matcher.mode != "avgpool":
+            extra[MEANVEC_MAP] = ranked(mean_pooling(model))[0].mAP
     return metrics, extra
 
 
